@@ -1,0 +1,22 @@
+"""GPT-NeoX / Pythia model: parameter names follow transformers' GPTNeoXForCausalLM."""
+
+from neox.model.config import ConfigError, ModelConfig
+from neox.model.gpt_neox import (
+    GPTNeoX,
+    EmbeddingLayer,
+    FinalLayer,
+    TransformerLayer,
+    build_model,
+    count_parameters,
+    flops_per_token,
+    hf_config,
+    init_weights,
+    per_token_loss,
+    pipeline_layers,
+)
+
+__all__ = [
+    "ConfigError", "ModelConfig", "GPTNeoX", "EmbeddingLayer", "TransformerLayer", "FinalLayer",
+    "build_model", "count_parameters", "flops_per_token", "hf_config", "init_weights", "per_token_loss",
+    "pipeline_layers",
+]

@@ -1,0 +1,353 @@
+"""GPT-NeoX / Pythia decoder (shared/reference/methods.md, "Pythia").
+
+Parameter names are exactly those of transformers' `GPTNeoXForCausalLM`, so exporting is a rename-free
+copy of the state dict (`hf_config(cfg)` gives the matching `GPTNeoXConfig`). The model is a sequence of
+layer modules -- `EmbeddingLayer`, `TransformerLayer` x L, `FinalLayer` -- each a function of one tensor,
+so a pipeline-parallel wrapper can turn them into DeepSpeed LayerSpecs; the plain `GPTNeoX` keeps the HF
+module tree (`gpt_neox.embed_in`, `gpt_neox.layers`, `gpt_neox.final_layer_norm`, `lm_head`) and reuses
+`TransformerLayer` for its layers. The model knows nothing about ranks or devices.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neox.model.config import ConfigError, ModelConfig
+
+__all__ = [
+    "GPTNeoX", "EmbeddingLayer", "TransformerLayer", "FinalLayer", "RotaryEmbedding", "Attention", "MLP",
+    "init_weights", "per_token_loss", "count_parameters", "build_model", "hf_config", "flops_per_token",
+    "pipeline_layers",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Rotary position embedding
+# --------------------------------------------------------------------------------------------------
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for the first `rotary_dims` of each head, computed once up to max_seq_len_tokens.
+
+    The tables are non-persistent buffers so the state dict keeps HF's keys. They are computed in fp32
+    with the same ops as HF's GPTNeoXRotaryEmbedding (inv_freq = 1 / base^(arange(0, d, 2) / d),
+    freqs = pos * inv_freq), so the values agree bit for bit; HF recomputes them every forward, we don't.
+    Only half the table is stored: HF's table is cat(freqs, freqs), both halves equal.
+    """
+
+    def __init__(self, rotary_dims: int, max_seq_len_tokens: int, base: float):
+        super().__init__()
+        assert rotary_dims % 2 == 0 and rotary_dims > 0, rotary_dims
+        self.rotary_dims = rotary_dims
+        self.max_seq_len_tokens = max_seq_len_tokens
+        self.base = base
+        half = rotary_dims // 2
+        self.register_buffer("cos_half", torch.empty(max_seq_len_tokens, half), persistent=False)  # (S, d/2)
+        self.register_buffer("sin_half", torch.empty(max_seq_len_tokens, half), persistent=False)  # (S, d/2)
+        if self.cos_half.device.type != "meta":
+            self.reset_cache()
+
+    @torch.no_grad()
+    def reset_cache(self) -> None:
+        """(Re)compute the tables in fp32 on the buffers' device (after `to_empty`, or a dtype cast)."""
+        device = self.cos_half.device
+        d = self.rotary_dims
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+        pos = torch.arange(self.max_seq_len_tokens, device=device).float()
+        freqs = pos[:, None] * inv_freq[None, :]  # (S, d/2)
+        self.cos_half = freqs.cos()
+        self.sin_half = freqs.sin()
+
+    def forward(self, x_BTHD: torch.Tensor) -> torch.Tensor:
+        """Rotate the first rotary_dims of x (B, T, H, head_dim); HF's rotate_half convention."""
+        T = x_BTHD.shape[1]
+        d, half = self.rotary_dims, self.rotary_dims // 2
+        # (T, 1, d/2): broadcast over batch and heads. Cast like HF: tables in the activations' dtype.
+        cos = self.cos_half[:T, None, :].to(x_BTHD.dtype)
+        sin = self.sin_half[:T, None, :].to(x_BTHD.dtype)
+        x1, x2, x_pass = x_BTHD[..., :half], x_BTHD[..., half:d], x_BTHD[..., d:]
+        # HF: x_rot * cat(cos, cos) + cat(-x2, x1) * cat(sin, sin); written per half it is the same
+        # float ops (negation is exact) with one concatenation instead of three.
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, x_pass), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------
+
+def _flash_attn_func():
+    try:
+        from flash_attn import flash_attn_func  # optional extra [gpu]
+    except ImportError as exc:
+        raise ConfigError(
+            "model.attention_impl='flash' needs the flash-attn package (pip install flash-attn, the [gpu] "
+            "extra); install it or set model.attention_impl: sdpa") from exc
+    return flash_attn_func
+
+
+class Attention(nn.Module):
+    """Causal self-attention with a fused qkv projection in HF's per-head layout (heads, 3, head_dim)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        self.attention_impl = cfg.attention_impl
+        self.dropout = cfg.dropout
+        self.max_seq_len_tokens = cfg.max_seq_len_tokens
+        self.query_key_value = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.rotary_emb = (RotaryEmbedding(cfg.rotary_dims, cfg.max_seq_len_tokens, cfg.rotary_base)
+                           if cfg.rotary_dims > 0 else None)
+
+    def forward(self, x_BTC: torch.Tensor) -> torch.Tensor:
+        B, T, C = x_BTC.shape
+        if T > self.max_seq_len_tokens:
+            raise ValueError(f"sequence length {T} exceeds model.max_seq_len_tokens={self.max_seq_len_tokens}; "
+                             "raise model.max_seq_len_tokens or shorten the input")
+        qkv = self.query_key_value(x_BTC).view(B, T, self.num_heads, 3 * self.head_dim)
+        q, k, v = qkv.split(self.head_dim, dim=-1)  # each (B, T, H, D)
+        if self.rotary_emb is not None:
+            q, k = self.rotary_emb(q), self.rotary_emb(k)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.attention_impl == "flash" and x_BTC.is_cuda and x_BTC.dtype in (torch.bfloat16, torch.float16):
+            y = _flash_attn_func()(q, k, v, dropout_p=dropout_p, causal=True)  # (B, T, H, D)
+            y = y.reshape(B, T, C)
+        else:
+            if self.attention_impl == "flash":
+                _flash_attn_func()  # fail early and clearly if the package is missing
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               dropout_p=dropout_p, is_causal=True)  # (B, H, T, D)
+            y = y.transpose(1, 2).reshape(B, T, C)
+        return self.dense(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(cfg.hidden_size, cfg.ffn_size)
+        self.dense_4h_to_h = nn.Linear(cfg.ffn_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Exact erf GeLU, HF's "gelu" (GPT-NeoX trained Pythia with it).
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))
+
+
+class TransformerLayer(nn.Module):
+    """One GPT-NeoX block; hidden (B, T, C) -> hidden (B, T, C). HF's GPTNeoXLayer parameter names."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.parallel_residual = cfg.parallel_residual
+        self.dropout = cfg.dropout
+        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_eps)
+        self.attention = Attention(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x_BTC: torch.Tensor) -> torch.Tensor:
+        p = self.dropout if self.training else 0.0
+        attn = F.dropout(self.attention(self.input_layernorm(x_BTC)), p, self.training)
+        if self.parallel_residual:
+            # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x)); summed in HF's order for bitwise-equal fp32 sums.
+            mlp = F.dropout(self.mlp(self.post_attention_layernorm(x_BTC)), p, self.training)
+            return mlp + attn + x_BTC
+        h = attn + x_BTC
+        return F.dropout(self.mlp(self.post_attention_layernorm(h)), p, self.training) + h
+
+
+class EmbeddingLayer(nn.Module):
+    """Pipeline stage head: input ids (B, T) -> hidden (B, T, C)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dropout = cfg.dropout
+        self.embed_in = nn.Embedding(cfg.padded_vocab_size, cfg.hidden_size)
+
+    def forward(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
+        return F.dropout(self.embed_in(input_ids_BT), self.dropout if self.training else 0.0, self.training)
+
+
+class FinalLayer(nn.Module):
+    """Pipeline stage tail: hidden (B, T, C) -> logits (B, T, padded_vocab)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.padded_vocab_size, bias=False)  # untied (Pythia)
+
+    def forward(self, x_BTC: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.final_layer_norm(x_BTC))
+
+
+class _Backbone(nn.Module):
+    """HF's `gpt_neox` submodule: embed_in, layers, final_layer_norm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_in = nn.Embedding(cfg.padded_vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_eps)
+
+
+class GPTNeoX(nn.Module):
+    """input_ids (B, T) -> logits (B, T, padded_vocab). State-dict keys == transformers' GPTNeoXForCausalLM."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.gpt_neox = _Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.padded_vocab_size, bias=False)
+
+    def forward(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
+        p = self.cfg.dropout if self.training else 0.0
+        x = F.dropout(self.gpt_neox.embed_in(input_ids_BT), p, self.training)  # (B, T, C)
+        for layer in self.gpt_neox.layers:
+            x = layer(x)
+        return self.lm_head(self.gpt_neox.final_layer_norm(x))  # (B, T, V)
+
+    @classmethod
+    def from_hf_state_dict(cls, cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> "GPTNeoX":
+        """Our model holding the weights of a GPTNeoXForCausalLM state dict (same keys, strict)."""
+        model = build_model(cfg, device="meta")
+        # HF checkpoints may carry its non-persistent rotary buffer; it is not a weight.
+        weights = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
+        model.load_state_dict(weights, strict=True, assign=True)
+        _reset_rotary_caches(model)
+        return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Initialisation, loss, counting, building
+# --------------------------------------------------------------------------------------------------
+
+def _reset_rotary_caches(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            # Buffers may be meta (built on meta, weights assigned): materialise next to the weights.
+            if module.cos_half.device.type == "meta":
+                device = next((p.device for p in model.parameters() if p.device.type != "meta"), "cpu")
+                half = module.rotary_dims // 2
+                module.cos_half = torch.empty(module.max_seq_len_tokens, half, device=device)
+                module.sin_half = torch.empty(module.max_seq_len_tokens, half, device=device)
+            module.reset_cache()
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
+    """Pythia / GPT-NeoX initialisation; draws from the global RNG (seed it with torch.manual_seed).
+
+    small_init N(0, sqrt(2 / (5 * hidden))) (Nguyen & Salazar 2019) for every weight matrix including the
+    embedding and the untied head; wang_init N(0, 2 / (num_layers * sqrt(hidden))) for the two projections
+    that write into the residual stream (attention.dense, mlp.dense_4h_to_h), so the residual variance stays
+    flat with depth; biases 0; LayerNorm weight 1, bias 0. Works for GPTNeoX and the pipeline layer classes;
+    also recomputes the rotary tables (needed after `to_empty`).
+    """
+    small_std = cfg.init_std if cfg.init_std is not None else math.sqrt(2.0 / (5.0 * cfg.hidden_size))
+    wang_std = 2.0 / (cfg.num_layers * math.sqrt(cfg.hidden_size))
+    for name, module in model.named_modules():
+        if isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
+            is_output_proj = name.endswith("attention.dense") or name.endswith("mlp.dense_4h_to_h")
+            module.weight.normal_(0.0, wang_std if is_output_proj else small_std)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+    _reset_rotary_caches(model)
+
+
+def per_token_loss(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy per position, fp32 (B, T); labels -100 give 0 (ignored)."""
+    B, T, V = logits_BTV.shape
+    # fp32 softmax: bf16/fp16 log-sum-exp over 50k classes loses ~2 digits of the loss.
+    loss = F.cross_entropy(logits_BTV.reshape(B * T, V).float(), labels_BT.reshape(B * T), reduction="none")
+    return loss.view(B, T)
+
+
+def count_parameters(model: nn.Module, exclude_embeddings: bool = False) -> int:
+    """Number of distinct parameters; exclude_embeddings drops embed_in and lm_head (Pythia's convention
+    for "non-embedding parameters")."""
+    seen: set[int] = set()
+    total = 0
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if exclude_embeddings and (name.endswith("embed_in.weight") or name.endswith("lm_head.weight")):
+            continue
+        total += p.numel()
+    return total
+
+
+def flops_per_token(cfg: ModelConfig, seq_len_tokens: int) -> int:
+    """Training FLOPs per token (forward + backward): 6 * N_matmul + 12 * L * C * T.
+
+    N_matmul is every parameter that takes part in a matmul: all but the input embedding (a lookup),
+    so the lm_head counts. The attention term is QK^T and AV (2 matmuls x 2 FLOPs x 3 for fwd+bwd per
+    layer per position) over the full T x T square, PaLM's convention (causal kernels skip half of it).
+    """
+    C, L, F_ = cfg.hidden_size, cfg.num_layers, cfg.ffn_size
+    per_layer = (C * 3 * C + 3 * C) + (C * C + C) + (C * F_ + F_) + (F_ * C + C) + 4 * C
+    n_matmul = L * per_layer + 2 * C + C * cfg.padded_vocab_size
+    return 6 * n_matmul + 12 * L * C * seq_len_tokens
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> GPTNeoX:
+    """GPTNeoX on `device`. "meta": shapes only, no memory (param counts, deferred init). Otherwise the
+    weights are allocated directly on the device and initialised with `init_weights` (no default-init
+    pass), using that device's RNG."""
+    with torch.device("meta"):
+        model = GPTNeoX(cfg)
+    if torch.device(device).type == "meta":
+        return model
+    model.to_empty(device=device)
+    init_weights(model, cfg)
+    return model
+
+
+def hf_config(cfg: ModelConfig, **extra: Any):
+    """transformers.GPTNeoXConfig describing the same model (for export and parity tests).
+
+    transformers >= 5 keeps rotary settings in `rope_parameters` (partial_rotary_factor, rope_theta);
+    older versions read `rotary_pct` / `rotary_emb_base`. Both are set so either computes our model.
+    """
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError("hf_config needs transformers (the [eval] extra): pip install transformers") from exc
+    fields: dict[str, Any] = dict(
+        vocab_size=cfg.padded_vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.ffn_size,
+        max_position_embeddings=cfg.max_seq_len_tokens,
+        layer_norm_eps=cfg.layernorm_eps,
+        use_parallel_residual=cfg.parallel_residual,
+        tie_word_embeddings=False,
+        hidden_act="gelu",
+        attention_bias=True,
+        attention_dropout=cfg.dropout,
+        hidden_dropout=cfg.dropout,
+        bos_token_id=0,
+        eos_token_id=0,
+        initializer_range=cfg.init_std if cfg.init_std is not None else math.sqrt(2.0 / (5.0 * cfg.hidden_size)),
+    )
+    major = int(transformers.__version__.split(".")[0])
+    if major >= 5:
+        fields["rope_parameters"] = {"rope_type": "default", "rope_theta": float(cfg.rotary_base),
+                                     "partial_rotary_factor": float(cfg.rotary_pct)}
+    else:
+        fields.update(rotary_pct=cfg.rotary_pct, rotary_emb_base=cfg.rotary_base)
+    fields.update(extra)
+    return transformers.GPTNeoXConfig(**fields)
+
+
+def pipeline_layers(cfg: ModelConfig) -> list[type[nn.Module]]:
+    """Layer classes in model order (embedding, L transformer layers, final), each built as cls(cfg)."""
+    return [EmbeddingLayer, *([TransformerLayer] * cfg.num_layers), FinalLayer]
