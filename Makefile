@@ -1,0 +1,51 @@
+# make test : set up a virtual environment on a fresh machine and run the whole test suite (CPU).
+# make demo : set up, build the offline demo corpus, train its tokenizer, preprocess, train configs/demo_cpu.yml
+#             with AC-ODM on the CPU, then print a per-domain summary and write a plot in the run directory.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO := data/demo
+CACHE ?= $(CURDIR)/.cache
+RUN_DIR ?= runs/demo_cpu
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
+export PYTHONUNBUFFERED := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test demo demo-data compare clean-demo
+
+$(VENV)/.installed: pyproject.toml requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first, pinned, so nothing below can pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+$(DEMO)/corpus/stats.json: | setup
+	$(PY) tools/build_minipile.py --out $(DEMO)/corpus --profile tiny --cache $(CACHE)/minipile --overwrite
+
+$(DEMO)/tokenizer.json: $(DEMO)/corpus/stats.json
+	$(PY) tools/train_tokenizer.py --input $(DEMO)/corpus --vocab-size 4096 --out $@
+
+$(DEMO)/tokens/manifest.json: $(DEMO)/tokenizer.json
+	$(PY) tools/preprocess_data.py --input $(DEMO)/corpus --output-dir $(DEMO)/tokens --tokenizer $< --overwrite
+
+demo-data: $(DEMO)/tokens/manifest.json
+
+demo: setup demo-data
+	rm -rf $(RUN_DIR)
+	$(PY) train.py configs/demo_cpu.yml logging.run_dir=$(RUN_DIR)
+	$(PY) tools/plot_run.py $(RUN_DIR) -o $(RUN_DIR)/demo.png
+	@echo "plot: $(RUN_DIR)/demo.png  metrics: $(RUN_DIR)/metrics.jsonl"
+
+compare: setup demo-data
+	bash tools/compare_demo.sh
+
+clean-demo:
+	rm -rf $(DEMO) $(RUN_DIR)

@@ -1,0 +1,151 @@
+"""Everything optional in the loop plugs in here: mixing, evaluation, metrics, checkpoints.
+
+Each callback sees the trainer at the start, after every optimizer step (with the step's all-reduced
+statistics and the metrics record being assembled for that step) and at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from acodm.mixers.base import StepStats
+from neox.training.checkpoint import save_checkpoint
+from neox.training.stats import ReducedStats
+
+if TYPE_CHECKING:
+    from neox.training.trainer import Trainer
+
+
+class Callback:
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        pass
+
+    def post_step(self, trainer: "Trainer", stats: ReducedStats, record: dict[str, Any]) -> None:
+        pass
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        pass
+
+
+class MixingCallback(Callback):
+    """The mixer observes the step on rank 0; its weights are broadcast and, every
+    ``mixing.update_interval_steps`` steps, handed to the data plan for the next segment."""
+
+    def post_step(self, trainer: "Trainer", stats: ReducedStats, record: dict[str, Any]) -> None:
+        interval = trainer.cfg.mixing.update_interval_steps
+        weights = np.zeros(trainer.num_domains, dtype=np.float64)
+        if trainer.topology.is_main:
+            if stats.nonfinite:
+                record["mixer/skipped_nonfinite"] = 1.0  # the mixer never sees a step that was not applied
+            else:
+                step_stats = StepStats(
+                    step=trainer.step, total_steps=trainer.total_steps, loss_sum=stats.loss_sum,
+                    token_count=stats.token_count, sample_count=stats.sample_count, gram=stats.gram,
+                    probe_norms=trainer.probe_norms() if trainer.mixer.needs.probe_norms else None,
+                    ref_loss_sum=stats.ref_loss_sum, excess_loss_sum=stats.excess_loss_sum)
+                record.update(trainer.mixer.observe(step_stats))
+            weights = np.asarray(trainer.mixer.weights(), dtype=np.float64)
+        if trainer.step % interval == 0:
+            trainer.set_weights(broadcast_weights(weights, trainer.device))
+
+
+def broadcast_weights(weights: np.ndarray, device: torch.device) -> np.ndarray:
+    """Rank 0's K weights to every rank (the plan must agree everywhere)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return weights
+    t = torch.as_tensor(weights, dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.cpu().numpy()
+
+
+class EvalCallback(Callback):
+    def __init__(self) -> None:
+        self._last_eval_step = -1
+
+    def _run(self, trainer: "Trainer") -> None:
+        if trainer.step == self._last_eval_step:
+            return
+        self._last_eval_step = trainer.step
+        record = {"kind": "eval", "step": trainer.step, "tokens": trainer.tokens, **trainer.evaluate()}
+        if trainer.metrics is not None:
+            trainer.metrics.write(record)
+            trainer.console(f"eval step {trainer.step}: val_ppl/mean {record['val_ppl/mean']:.3f}  "
+                            f"val_loss/mean {record['val_loss/mean']:.4f}")
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        if trainer.cfg.eval.at_start and trainer.step == 0:
+            self._run(trainer)
+
+    def post_step(self, trainer: "Trainer", stats: ReducedStats, record: dict[str, Any]) -> None:
+        interval = trainer.cfg.eval.interval_steps
+        if interval and trainer.step % interval == 0:
+            self._run(trainer)
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        self._run(trainer)
+
+
+class MetricsCallback(Callback):
+    """metrics.jsonl / TensorBoard / W&B on rank 0, and a progress bar with loss, tokens/s and ETA."""
+
+    def __init__(self) -> None:
+        self._bar = None
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        if trainer.topology.is_main and trainer.cfg.logging.progress_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc=trainer.cfg.name,
+                             unit="step", dynamic_ncols=True, mininterval=1.0)
+
+    def post_step(self, trainer: "Trainer", stats: ReducedStats, record: dict[str, Any]) -> None:
+        if trainer.metrics is None:
+            return
+        trainer.metrics.write(record)
+        if self._bar is not None:
+            self._bar.update(1)
+            if trainer.step % trainer.cfg.logging.log_interval_steps == 0:
+                self._bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                      refresh=False)
+        elif trainer.step % trainer.cfg.logging.log_interval_steps == 0:
+            trainer.console(f"step {trainer.step}/{trainer.total_steps} loss {record['loss']:.4f} "
+                            f"lr {record['lr']:.3g} tok/s {record['tokens_per_s']:.0f}")
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class CheckpointCallback(Callback):
+    def __init__(self) -> None:
+        self._last_saved = -1
+
+    def _save(self, trainer: "Trainer") -> None:
+        if trainer.step == self._last_saved:
+            return
+        started = time.perf_counter()
+        path = save_checkpoint(trainer)
+        self._last_saved = trainer.step
+        trainer.console(f"saved checkpoint {path} in {time.perf_counter() - started:.1f}s")
+
+    def post_step(self, trainer: "Trainer", stats: ReducedStats, record: dict[str, Any]) -> None:
+        interval = trainer.cfg.checkpoint.interval_steps
+        if interval and trainer.step % interval == 0:
+            self._save(trainer)
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        if trainer.cfg.checkpoint.save_final:
+            self._save(trainer)
+
+    def save_now(self, trainer: "Trainer") -> None:
+        self._save(trainer)
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None

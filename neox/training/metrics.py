@@ -1,0 +1,60 @@
+"""Metric sinks on rank 0: ``metrics.jsonl`` always, TensorBoard and Weights & Biases when configured."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from neox.config import LoggingConfig
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
+    return value
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, config_dict: dict[str, Any]) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self._file = self.path.open("a", buffering=1)  # line-buffered: a crash loses at most one record
+        self._tb = None
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a core dependency; say so rather than silently dropping it
+                raise RuntimeError("logging.tensorboard=true needs the tensorboard package: pip install tensorboard")
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self._wandb = None
+        if cfg.wandb_project:
+            import wandb
+
+            self._wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=config_dict,
+                                     dir=str(run_dir), resume="allow")
+
+    @property
+    def is_new(self) -> bool:
+        return self.path.stat().st_size == 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        step = record.get("step")
+        scalars = {k: v for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "kind")}
+        if step is None or not scalars:
+            return
+        prefix = {"eval": "", "train": "train/", "lm_eval": "lm_eval/"}.get(record.get("kind"), "")
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key if "/" in key else prefix + key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

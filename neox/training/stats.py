@@ -1,0 +1,92 @@
+"""Per-step statistics: summed over micro-batches locally, then over the whole job in ONE all-reduce.
+
+The packed tensor holds, in order: per-domain loss sums, token counts, sample counts, the non-finite
+flag, (DoReMi) reference-loss and excess-loss sums, (DoGE / AC-ODM) the probe layers' alignment
+statistics. Everything in it is a sum, so data-parallel replicas (and, later, tensor shards and pipeline
+stages) contribute partial sums and one SUM all-reduce combines them (DESIGN.md section 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from acodm.alignment import GradientAlignment
+
+
+@dataclass
+class ReducedStats:
+    loss_sum: np.ndarray  # (K,) float64
+    token_count: np.ndarray  # (K,)
+    sample_count: np.ndarray  # (K,)
+    nonfinite: bool
+    ref_loss_sum: np.ndarray | None
+    excess_loss_sum: np.ndarray | None
+    gram: np.ndarray | None  # (K, K)
+
+    @property
+    def mean_loss(self) -> float:
+        total = self.token_count.sum()
+        return float(self.loss_sum.sum() / total) if total else float("nan")
+
+
+class StepStatistics:
+    def __init__(self, num_domains: int, device: torch.device, alignment: GradientAlignment | None = None,
+                 reference_model: torch.nn.Module | None = None) -> None:
+        self.num_domains = num_domains
+        self.device = device
+        self.alignment = alignment
+        self.reference_model = reference_model
+        width = 3 * num_domains + 1 + (2 * num_domains if reference_model is not None else 0)
+        self._local = torch.zeros(width, dtype=torch.float64, device=device)
+
+    def reset(self) -> None:
+        self._local.zero_()
+        if self.alignment is not None:
+            self.alignment.reset()
+
+    def begin_micro_batch(self, domain_B: torch.Tensor, seq_len_tokens: int, grad_scale: float) -> None:
+        if self.alignment is not None:
+            self.alignment.begin_micro_batch(domain_B[:, None].expand(-1, seq_len_tokens), grad_scale)
+
+    @torch.no_grad()
+    def add_losses(self, token_loss_BT: torch.Tensor, domain_B: torch.Tensor, inputs_BT: torch.Tensor,
+                   labels_BT: torch.Tensor) -> None:
+        K = self.num_domains
+        loss_B = token_loss_BT.double().sum(dim=1)
+        tokens_B = torch.full_like(loss_B, token_loss_BT.shape[1])
+        local = self._local
+        local[0:K].index_add_(0, domain_B, loss_B)
+        local[K:2 * K].index_add_(0, domain_B, tokens_B)
+        local[2 * K:3 * K].index_add_(0, domain_B, torch.ones_like(loss_B))
+        local[3 * K] += (~torch.isfinite(token_loss_BT)).any().double()
+        if self.reference_model is not None:
+            from neox.model.gpt_neox import per_token_loss
+
+            ref_BT = per_token_loss(self.reference_model(inputs_BT), labels_BT).double()
+            local[3 * K + 1:4 * K + 1].index_add_(0, domain_B, ref_BT.sum(dim=1))
+            excess_B = (token_loss_BT.double() - ref_BT).clamp_min(0).sum(dim=1)
+            local[4 * K + 1:5 * K + 1].index_add_(0, domain_B, excess_B)
+
+    def reduce(self, group: dist.ProcessGroup | None = None) -> ReducedStats:
+        parts = [self._local]
+        if self.alignment is not None:
+            parts.append(self.alignment.packed().to(self.device, torch.float64))
+        packed = torch.cat(parts)
+        if dist.is_initialized() and dist.get_world_size(group) > 1:
+            dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+        K = self.num_domains
+        head = packed[: self._local.numel()].cpu().numpy()
+        token_count = head[K:2 * K].copy()
+        gram = None
+        if self.alignment is not None:
+            tail = packed[self._local.numel():]
+            gram = self.alignment.gram(tail, token_count)
+        ref = excess = None
+        if self.reference_model is not None:
+            ref, excess = head[3 * K + 1:4 * K + 1].copy(), head[4 * K + 1:5 * K + 1].copy()
+        return ReducedStats(loss_sum=head[0:K].copy(), token_count=token_count, sample_count=head[2 * K:3 * K].copy(),
+                            nonfinite=bool(head[3 * K] > 0), ref_loss_sum=ref, excess_loss_sum=excess, gram=gram)

@@ -1,0 +1,41 @@
+"""Pretrain a GPT-NeoX / Pythia model with an online data mixture.
+
+    deepspeed train.py configs/pythia_410m_acodm.yml
+    torchrun --nproc_per_node 2 train.py configs/demo_cpu.yml
+    python train.py configs/demo_cpu.yml schedule.train_steps=50 checkpoint.resume=auto
+
+Arguments after the config are dotted overrides (``key.sub=value``, values parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from neox.config import ConfigError, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="experiment YAML (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help=argparse.SUPPRESS)  # passed by the deepspeed launcher; LOCAL_RANK is read instead
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    from neox.training.trainer import Trainer  # deferred: torch/deepspeed imports are slow
+
+    Trainer(cfg).fit()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
