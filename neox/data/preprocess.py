@@ -1,0 +1,579 @@
+"""Tokenize jsonl(.zst) documents with a domain field into per-domain megatron-core ``.bin/.idx``.
+
+Output layout (read by ``neox.data.open_domains``)::
+
+    DIR/manifest.json                 tokenizer, tool version, per split and domain: documents, tokens
+    DIR/<split>/<file>.bin, .idx      one IndexedDataset per domain; <file> is the sanitised name
+
+Every document is its tokens followed by the end-of-document token. The run writes into a temporary
+sibling ``DIR.tmp-XXXX`` and renames it to ``DIR`` only when everything is complete, so an interrupted
+run never leaves files that look finished. Workers tokenize chunks of lines; ``imap`` returns them in
+input order and one process writes, so the output is identical for any number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from typing import Iterator
+
+import numpy as np
+
+from neox.data.indexed import MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION
+
+TOOL_VERSION = "1.0"
+SPLITS = ("train", "val")
+EOD_TOKEN = "<|endoftext|>"
+# megatron-core stores uint16 when the vocabulary fits; its own tools switch at 65500.
+_UINT16_VOCAB_LIMIT = 65500
+
+
+class PreprocessError(ValueError):
+    """Bad input, tokenizer or output location; the message names it and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    inputs: tuple[str, ...]            # corpus directories and/or .jsonl / .jsonl.zst files
+    output_dir: str
+    tokenizer_path: str
+    domain_key: str = "domain"         # dotted path into each record, e.g. "meta.pile_set_name"
+    text_key: str = "text"
+    split: str = "train"               # split of the .jsonl inputs (corpus dirs carry their own)
+    val_inputs: tuple[str, ...] = ()   # extra .jsonl(.zst) files for split "val"
+    workers: int = 1
+    skip_bad: bool = False
+    overwrite: bool = False
+    chunk_lines: int = 1024
+    eod_token: str = EOD_TOKEN
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.inputs and not self.val_inputs:
+            raise PreprocessError("no --input given")
+        if self.workers < 1:
+            raise PreprocessError(f"--workers must be >= 1, got {self.workers}")
+        if self.chunk_lines < 1:
+            raise PreprocessError(f"chunk_lines must be >= 1, got {self.chunk_lines}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.split):
+            raise PreprocessError(f"--split must be a plain name like 'train', got {self.split!r}")
+
+
+# --- tokenizer --------------------------------------------------------------------------------------
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_tokenizer(path: str):
+    from tokenizers import Tokenizer
+
+    if not os.path.isfile(path):
+        raise PreprocessError(f"tokenizer file {path} not found; pass --tokenizer PATH/tokenizer.json")
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+        raise PreprocessError(
+            f"{path} is not a valid HF tokenizers file (tokenizer.json): {exc}"
+        ) from exc
+
+
+def tokenizer_info(path: str, eod_token: str = EOD_TOKEN) -> dict:
+    """name, path, vocab_size, eod_id, sha256 of a ``tokenizer.json``; validates it loads."""
+    tok = _load_tokenizer(path)
+    eod_id = tok.token_to_id(eod_token)
+    if eod_id is None:
+        raise PreprocessError(
+            f"tokenizer {path} has no end-of-document token {eod_token!r}; pass --eod-token with its "
+            "end-of-text token"
+        )
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = os.path.basename(os.path.dirname(os.path.abspath(path))) if stem == "tokenizer" else stem
+    return {
+        "name": name,
+        "path": os.path.abspath(path),
+        "vocab_size": int(tok.get_vocab_size(with_added_tokens=True)),
+        "eod_id": int(eod_id),
+        "sha256": file_sha256(path),
+    }
+
+
+def token_dtype(vocab_size: int) -> type:
+    return np.uint16 if vocab_size < _UINT16_VOCAB_LIMIT else np.int32
+
+
+# --- domain names -------------------------------------------------------------------------------------
+
+def sanitize_domain_name(name: str) -> str:
+    """A file-name-safe form: "Pile-CC" stays, "Ubuntu IRC" -> "Ubuntu_IRC", "a/b" -> "a_b"."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    if safe.startswith("."):  # no hidden files, no "." or ".."
+        safe = "_" + safe[1:]
+    return safe or "_"
+
+
+def assign_file_names(names: list[str]) -> dict[str, str]:
+    """Sanitised, unique file names for sorted domain names (a collision gets a numeric suffix)."""
+    files: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in sorted(names):
+        base = sanitize_domain_name(name)
+        candidate, n = base, 2
+        while candidate.lower() in taken:  # lower(): stay unique on case-insensitive file systems
+            candidate, n = f"{base}-{n}", n + 1
+        taken.add(candidate.lower())
+        files[name] = candidate
+    return files
+
+
+# --- reading inputs -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    path: str
+    split: str
+
+
+def _is_jsonl(path: str) -> bool:
+    return path.endswith(".jsonl") or path.endswith(".jsonl.zst")
+
+
+def discover_sources(config: PreprocessConfig) -> list[_Source]:
+    """Input files with their split, in a fixed order (directories sorted)."""
+    sources: list[_Source] = []
+    for split, paths in ((config.split, config.inputs), ("val", config.val_inputs)):
+        for path in paths:
+            if os.path.isdir(path):
+                found = []
+                for domain_dir in sorted(os.listdir(path)):
+                    full = os.path.join(path, domain_dir)
+                    if not os.path.isdir(full):
+                        continue
+                    for corpus_split in SPLITS:
+                        for ext in (".jsonl", ".jsonl.zst"):
+                            candidate = os.path.join(full, corpus_split + ext)
+                            if os.path.isfile(candidate):
+                                found.append(_Source(candidate, corpus_split))
+                if not found:
+                    raise PreprocessError(
+                        f"{path} is a directory but holds no <domain>/{{train,val}}.jsonl[.zst] files"
+                    )
+                sources.extend(found)
+            elif os.path.isfile(path):
+                if not _is_jsonl(path):
+                    raise PreprocessError(f"{path}: expected a .jsonl or .jsonl.zst file or a corpus directory")
+                sources.append(_Source(path, split))
+            else:
+                raise PreprocessError(f"input {path} does not exist")
+    return sources
+
+
+class _CountingReader(io.RawIOBase):
+    """Wraps a binary file to report bytes read from disk (for the progress bar under zstd)."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._fh.readinto(buffer)
+        self.bytes_read += n or 0
+        return n
+
+
+def _open_lines(path: str, counter: _CountingReader) -> Iterator[bytes]:
+    if path.endswith(".zst"):
+        import zstandard
+
+        stream = zstandard.ZstdDecompressor().stream_reader(counter, read_across_frames=True)
+        yield from io.BufferedReader(stream, buffer_size=1 << 20)
+    else:
+        yield from io.BufferedReader(counter, buffer_size=1 << 20)
+
+
+def _read_chunks(sources: list[_Source], chunk_lines: int) -> Iterator[tuple[int, int, list[bytes], int]]:
+    """(source id, first line number, lines, disk bytes consumed since the previous chunk)."""
+    for source_id, source in enumerate(sources):
+        with open(source.path, "rb") as fh:
+            counter = _CountingReader(fh)
+            reported = 0
+            lines: list[bytes] = []
+            first = 1
+            for line_no, line in enumerate(_open_lines(source.path, counter), start=1):
+                if not lines:
+                    first = line_no
+                lines.append(line)
+                if len(lines) == chunk_lines:
+                    yield source_id, first, lines, counter.bytes_read - reported
+                    reported = counter.bytes_read
+                    lines = []
+            if lines:
+                yield source_id, first, lines, counter.bytes_read - reported
+
+
+# --- tokenizing (runs in workers) --------------------------------------------------------------------
+
+def _dig(record, dotted: str):
+    value = record
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+@dataclasses.dataclass
+class _ChunkResult:
+    source_id: int
+    domains: list[str]             # one per document, input order
+    lengths: np.ndarray            # (n_docs,) tokens per document including the EOD token
+    ids: np.ndarray                # (sum(lengths),) all documents back to back
+    bad: list[tuple[int, str]]     # (line number, reason)
+    text_bytes: int                # uncompressed input bytes of this chunk
+    disk_bytes: int
+
+
+def _tokenize_chunk(tokenizer, chunk, domain_key: str, text_key: str, eod_id: int, dtype) -> _ChunkResult:
+    source_id, first_line, lines, disk_bytes = chunk
+    texts: list[str] = []
+    domains: list[str] = []
+    bad: list[tuple[int, str]] = []
+    text_bytes = 0
+    for offset, raw in enumerate(lines):
+        text_bytes += len(raw)
+        if not raw.strip():
+            continue  # blank lines (e.g. a trailing newline) are not records
+        line_no = first_line + offset
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            bad.append((line_no, f"malformed JSON ({exc})"))
+            continue
+        text = _dig(record, text_key)
+        domain = _dig(record, domain_key)
+        if not isinstance(text, str):
+            bad.append((line_no, f"record has no string field {text_key!r}"))
+        elif not isinstance(domain, str):
+            bad.append((line_no, f"record has no string domain field {domain_key!r}"))
+        elif not domain.strip():
+            bad.append((line_no, f"record has an empty domain under {domain_key!r}"))
+        else:
+            texts.append(text)
+            domains.append(domain)
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=False) if texts else []
+    lengths = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
+    ids = np.empty(int(lengths.sum()), dtype=dtype)
+    pos = 0
+    for enc, n in zip(encodings, lengths.tolist()):
+        ids[pos : pos + n - 1] = enc.ids
+        ids[pos + n - 1] = eod_id
+        pos += n
+    return _ChunkResult(source_id, domains, lengths, ids, bad, text_bytes, disk_bytes)
+
+
+_WORKER_STATE: dict = {}  # per pool worker process: the tokenizer is loaded once, not per chunk
+
+
+def _init_worker(tokenizer_path: str, domain_key: str, text_key: str, eod_id: int, dtype) -> None:
+    # Each worker is already one of N processes; the tokenizer's own thread pool would oversubscribe.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER_STATE.update(tokenizer=_load_tokenizer(tokenizer_path), domain_key=domain_key,
+                         text_key=text_key, eod_id=eod_id, dtype=dtype)
+
+
+def _worker_tokenize(chunk) -> _ChunkResult:
+    s = _WORKER_STATE
+    return _tokenize_chunk(s["tokenizer"], chunk, s["domain_key"], s["text_key"], s["eod_id"], s["dtype"])
+
+
+# --- writing -----------------------------------------------------------------------------------------
+
+def _prepare_output(output_dir: str, overwrite: bool) -> str:
+    output_dir = os.path.abspath(output_dir)
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise PreprocessError(f"output directory {output_dir} exists and is not empty; pass --overwrite "
+                              "to replace it or choose another --output-dir")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise PreprocessError(f"--output-dir {output_dir} exists and is not a directory")
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=os.path.basename(output_dir) + ".tmp-", dir=parent)
+
+
+def _publish(tmp_dir: str, output_dir: str) -> None:
+    """Replace ``output_dir`` by the finished ``tmp_dir`` (renames only, on one file system)."""
+    output_dir = os.path.abspath(output_dir)
+    old = None
+    if os.path.exists(output_dir):
+        old = tempfile.mkdtemp(prefix=os.path.basename(output_dir) + ".old-", dir=os.path.dirname(output_dir))
+        os.rmdir(old)
+        os.replace(output_dir, old)
+    os.replace(tmp_dir, output_dir)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def write_manifest(out_dir: str, tokenizer: dict, dtype, stats: dict[str, dict[str, dict]],
+                   files: dict[str, str], tool: str) -> dict:
+    """``manifest.json``: domains in sorted order, per split and domain documents and tokens."""
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "tool": tool,
+        "tool_version": TOOL_VERSION,
+        "tokenizer": tokenizer,
+        "dtype": np.dtype(dtype).name,
+        "domains": [{"name": name, "file": files[name]} for name in sorted(files)],
+        "splits": {
+            split: {name: stats[split][name] for name in sorted(stats[split])} for split in sorted(stats)
+        },
+    }
+    tmp = os.path.join(out_dir, MANIFEST_FILE + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    os.replace(tmp, os.path.join(out_dir, MANIFEST_FILE))
+    return manifest
+
+
+class _DomainWriters:
+    """One IndexedDatasetBuilder per (split, domain), created on first use under a provisional name."""
+
+    def __init__(self, out_dir: str, dtype) -> None:
+        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+        self._builder_cls = IndexedDatasetBuilder
+        self.out_dir = out_dir
+        self.dtype = dtype
+        self.builders: dict[tuple[str, str], object] = {}
+        self.prefixes: dict[tuple[str, str], str] = {}
+        self.stats: dict[str, dict[str, dict]] = {}
+
+    def add(self, split: str, domain: str, ids: np.ndarray) -> None:
+        key = (split, domain)
+        builder = self.builders.get(key)
+        if builder is None:
+            os.makedirs(os.path.join(self.out_dir, split), exist_ok=True)
+            prefix = os.path.join(self.out_dir, split, f"_domain{len(self.builders)}")
+            builder = self._builder_cls(prefix + ".bin", dtype=self.dtype)
+            self.builders[key], self.prefixes[key] = builder, prefix
+            self.stats.setdefault(split, {})[domain] = {"documents": 0, "tokens": 0}
+        builder.add_document(ids, [int(ids.shape[0])])
+        entry = self.stats[split][domain]
+        entry["documents"] += 1
+        entry["tokens"] += int(ids.shape[0])
+
+    def finalize(self) -> dict[str, str]:
+        """Write the indices and move every pair to its sanitised name; returns name -> file."""
+        files = assign_file_names(sorted({domain for _, domain in self.builders}))
+        for key, builder in self.builders.items():
+            split, domain = key
+            prefix = self.prefixes[key]
+            builder.finalize(prefix + ".idx")
+            final = os.path.join(self.out_dir, split, files[domain])
+            os.replace(prefix + ".bin", final + ".bin")
+            os.replace(prefix + ".idx", final + ".idx")
+        return files
+
+
+def preprocess(config: PreprocessConfig) -> dict:
+    """Run the whole conversion; returns the manifest plus a ``summary`` dict (not written)."""
+    info = tokenizer_info(config.tokenizer_path, config.eod_token)
+    dtype = token_dtype(info["vocab_size"])
+    sources = discover_sources(config)
+    tmp_dir = _prepare_output(config.output_dir, config.overwrite)
+    started = time.perf_counter()
+    bad_count = 0
+    text_bytes = 0
+    docs_per_source = [0] * len(sources)
+    try:
+        writers = _DomainWriters(tmp_dir, dtype)
+        chunks = _read_chunks(sources, config.chunk_lines)
+        pool = None
+        if config.workers > 1:
+            # fork: workers inherit the imported modules (megatron's import alone takes seconds).
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            pool = multiprocessing.get_context(method).Pool(
+                config.workers, initializer=_init_worker,
+                initargs=(config.tokenizer_path, config.domain_key, config.text_key, info["eod_id"], dtype),
+            )
+            results = pool.imap(_worker_tokenize, chunks, chunksize=1)
+        else:
+            tokenizer = _load_tokenizer(config.tokenizer_path)
+            results = (_tokenize_chunk(tokenizer, c, config.domain_key, config.text_key, info["eod_id"], dtype)
+                       for c in chunks)
+        from tqdm import tqdm
+
+        total_disk = sum(os.path.getsize(s.path) for s in sources)
+        bar = tqdm(total=total_disk, unit="B", unit_scale=True, desc="preprocess",
+                   disable=not config.progress, file=sys.stderr)
+        try:
+            for result in results:
+                source = sources[result.source_id]
+                if result.bad:
+                    if not config.skip_bad:
+                        line_no, reason = result.bad[0]
+                        raise PreprocessError(f"{source.path}:{line_no}: {reason}; fix the input or pass "
+                                              "--skip-bad to skip such records")
+                    bad_count += len(result.bad)
+                text_bytes += result.text_bytes
+                docs_per_source[result.source_id] += len(result.domains)
+                ends = np.cumsum(result.lengths)
+                starts = ends - result.lengths
+                for domain, lo, hi in zip(result.domains, starts.tolist(), ends.tolist()):
+                    writers.add(source.split, domain, result.ids[lo:hi])
+                bar.update(result.disk_bytes)
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        empty = [s.path for s, n in zip(sources, docs_per_source) if n == 0]
+        if empty:
+            raise PreprocessError(f"input file(s) {empty} contain no usable documents")
+        files = writers.finalize()
+        manifest = write_manifest(tmp_dir, info, dtype, writers.stats, files, tool="tools/preprocess_data.py")
+        _publish(tmp_dir, config.output_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - started
+    tokens = sum(e["tokens"] for split in writers.stats.values() for e in split.values())
+    documents = sum(e["documents"] for split in writers.stats.values() for e in split.values())
+    manifest["summary"] = {
+        "documents": documents, "tokens": tokens, "bad_records_skipped": bad_count,
+        "input_megabytes": text_bytes / 1e6, "seconds": seconds,
+        "megabytes_per_second": text_bytes / 1e6 / max(seconds, 1e-9),
+        "tokens_per_second": tokens / max(seconds, 1e-9),
+    }
+    return manifest
+
+
+# --- synthetic data for tests and benchmarks -------------------------------------------------------------
+
+def write_synthetic_domains(
+    out_dir: str,
+    num_domains: int,
+    docs_per_domain: int,
+    vocab_size: int,
+    seed: int,
+    split: tuple[str, ...] = ("train", "val"),
+    mean_doc_tokens: int = 64,
+) -> dict:
+    """Random-token domains in exactly the preprocess layout (no tokenizer needed).
+
+    Domain ``k`` ("domain_00", ...) draws tokens from a Zipf-like distribution over its own random
+    ranking of the vocabulary, so domains differ in their statistics and a model can tell them
+    apart; id 0 is the end-of-document token that ends every document. The manifest records
+    tokenizer name "synthetic" and sha256 null. Returns the manifest.
+    """
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    if num_domains < 1 or docs_per_domain < 1 or mean_doc_tokens < 1:
+        raise ValueError("num_domains, docs_per_domain and mean_doc_tokens must be >= 1")
+    if vocab_size < 3:
+        raise ValueError(f"vocab_size must be >= 3 (EOD, padding, one word), got {vocab_size}")
+    splits = (split,) if isinstance(split, str) else tuple(split)
+    dtype = token_dtype(vocab_size)
+    tmp_dir = _prepare_output(out_dir, overwrite=False)
+    eod_id = 0
+    try:
+        names = [f"domain_{k:02d}" for k in range(num_domains)]
+        stats: dict[str, dict[str, dict]] = {}
+        words = np.arange(2, vocab_size)  # skip EOD (0) and padding (1)
+        zipf = 1.0 / np.arange(1, words.size + 1) ** 1.1
+        zipf /= zipf.sum()
+        for split_index, split_name in enumerate(splits):
+            os.makedirs(os.path.join(tmp_dir, split_name))
+            stats[split_name] = {}
+            for k, name in enumerate(names):
+                rng_domain = np.random.default_rng([seed, k])  # same word ranking in every split
+                ranking = rng_domain.permutation(words)
+                rng = np.random.default_rng([seed, k, split_index + 1])
+                lengths = rng.integers(1, 2 * mean_doc_tokens, size=docs_per_domain)  # words per doc
+                tokens = ranking[rng.choice(words.size, size=int(lengths.sum()), p=zipf)]
+                builder = IndexedDatasetBuilder(os.path.join(tmp_dir, split_name, name + ".bin"), dtype=dtype)
+                pos = 0
+                for n in lengths.tolist():
+                    builder.add_document(np.append(tokens[pos : pos + n], eod_id), [n + 1])
+                    pos += n
+                builder.finalize(os.path.join(tmp_dir, split_name, name + ".idx"))
+                stats[split_name][name] = {"documents": int(docs_per_domain),
+                                           "tokens": int(lengths.sum() + docs_per_domain)}
+        tokenizer = {"name": "synthetic", "path": None, "vocab_size": int(vocab_size), "eod_id": eod_id,
+                     "sha256": None}
+        manifest = write_manifest(tmp_dir, tokenizer, dtype, stats, {n: n for n in names},
+                                  tool="neox.data.preprocess.write_synthetic_domains")
+        _publish(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return manifest
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+def build_arg_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="preprocess_data.py",
+        description="Tokenize jsonl(.zst) documents into per-domain megatron-core .bin/.idx files.",
+    )
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="corpus directories (<domain>/{train,val}.jsonl[.zst]) and/or .jsonl[.zst] files")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--tokenizer", required=True, help="HF tokenizers file (tokenizer.json)")
+    p.add_argument("--domain-key", default="domain", help="dotted key of the domain, e.g. meta.pile_set_name")
+    p.add_argument("--text-key", default="text")
+    p.add_argument("--split", default="train", help="split of the .jsonl inputs (default train)")
+    p.add_argument("--val-input", nargs="*", default=[], metavar="PATH", help=".jsonl[.zst] files for split val")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--chunk-lines", type=int, default=1024, help="lines per work unit")
+    p.add_argument("--eod-token", default=EOD_TOKEN)
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed records")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    try:
+        config = PreprocessConfig(
+            inputs=tuple(args.input), output_dir=args.output_dir, tokenizer_path=args.tokenizer,
+            domain_key=args.domain_key, text_key=args.text_key, split=args.split,
+            val_inputs=tuple(args.val_input), workers=args.workers, skip_bad=args.skip_bad,
+            overwrite=args.overwrite, chunk_lines=args.chunk_lines, eod_token=args.eod_token,
+            progress=not args.quiet,
+        )
+        manifest = preprocess(config)
+    except PreprocessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    s = manifest["summary"]
+    for split, domains in manifest["splits"].items():
+        for name, entry in domains.items():
+            print(f"{split:>5} {name:<30} {entry['documents']:>10} docs {entry['tokens']:>14} tokens")
+    if s["bad_records_skipped"]:
+        print(f"skipped {s['bad_records_skipped']} bad record(s) (--skip-bad)")
+    print(f"wrote {s['documents']} documents, {s['tokens']} tokens to {os.path.abspath(config.output_dir)} "
+          f"in {s['seconds']:.1f} s: {s['megabytes_per_second']:.2f} MB/s, "
+          f"{s['tokens_per_second']:.0f} tokens/s")
+    return 0
