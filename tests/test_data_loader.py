@@ -71,6 +71,17 @@ def test_epoch_is_a_permutation_of_megatron_style_windows(data_dir):
                                   ds.window_ids(np.arange(ds.num_samples) + ds.num_samples))
 
 
+def test_pickle_reopens_instead_of_copying(data_dir):
+    import pickle
+
+    ds = open_domains(data_dir, "train", SEQ, seed=7).datasets[1]
+    blob = pickle.dumps(ds)
+    assert len(blob) < ds.num_tokens  # the tokens are not in the pickle
+    again = pickle.loads(blob)
+    idx = np.arange(2 * ds.num_samples)
+    assert np.array_equal(again.get_many(idx), ds.get_many(idx))
+
+
 def test_sample_order_depends_on_seed_domain_epoch_only(data_dir):
     a = open_domains(data_dir, "train", SEQ, seed=7)
     b = open_domains(data_dir, "train", SEQ, seed=7)
@@ -95,6 +106,7 @@ def test_ids_outside_vocab_name_the_file(data_dir):
     with pytest.raises(DataFileError, match=r"domain_01\.bin contains token id \d+ outside \[0, 50\)"):
         open_domains(data_dir, "train", SEQ, seed=0, vocab_size=50, domains=["domain_01"])
     open_domains(data_dir, "train", SEQ, seed=0, vocab_size=VOCAB)  # the true vocab passes
+    open_domains(data_dir, "train", SEQ, seed=0, vocab_size=50, check_token_ids=False)  # opted out
 
 
 def test_missing_bin_names_the_file(data_dir, tmp_path):

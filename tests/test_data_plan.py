@@ -55,9 +55,11 @@ def test_min_per_domain_floor(raw, total, min_count):
     plain = largest_remainder_counts(weights, total)
     if (plain >= min_count).all():  # the floor does not bind -> plain rounding
         assert counts.tolist() == plain.tolist()
-    else:  # domains above the floor never gain from pinning others
-        above = counts > min_count
-        assert (counts[above] <= plain[above]).all()
+    else:  # a domain that plain rounding puts below the floor gets exactly the floor
+        assert (counts[plain < min_count] == min_count).all()
+    # a strictly heavier domain never gets fewer samples (Hamilton's method is monotone in the quota)
+    heavier = weights[:, None] > weights[None, :]
+    assert (counts[:, None] >= counts[None, :])[heavier].all()
 
 
 def test_plan_rejects_bad_config_and_weights():

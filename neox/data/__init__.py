@@ -5,7 +5,8 @@ order (sorted by name, as ``tools/preprocess_data.py`` writes them) or in the or
 ``domains=`` argument. Domain id ``k`` everywhere (the ``domain`` tensor of every micro-batch, the
 plan's ``domain_B``, mixture weight ``w[k]``, per-domain losses) is the index of the domain in
 ``corpus.names``. Open the train and validation corpora with the same ``domains`` list (or both
-with ``None``) so that ids agree between them.
+with ``None``) so that ids agree between them. Each domain's samples are shuffled per epoch from
+``(seed, k, epoch)``, so the same ``domains`` order also reproduces the same samples.
 
 Flow per step::
 

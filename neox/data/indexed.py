@@ -104,6 +104,19 @@ class DomainDataset:
             self.check_vocab(vocab_size)
         self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
 
+    def __getstate__(self) -> dict:
+        # Pickling (e.g. into DataLoader workers) must not copy the memory-mapped tokens: reopen instead.
+        state = self.__dict__.copy()
+        for key in ("indexed", "tokens", "_perms"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.indexed = open_indexed_dataset(self.path_prefix)
+        self.tokens = np.memmap(self.path_prefix + ".bin", dtype=self.indexed.index.dtype, mode="r")
+        self._perms = OrderedDict()
+
     def check_vocab(self, vocab_size: int) -> None:
         """Raise if any token id is outside ``[0, vocab_size)``; one streaming pass over the mmap."""
         if self.max_token_id is None:
@@ -244,12 +257,17 @@ def open_domains(
     domains: list[str] | None = None,
     vocab_size: int | None = None,
     expected_tokenizer_sha256: str | None = None,
+    check_token_ids: bool = True,
 ) -> DomainCorpus:
     """Open every domain of ``split`` (manifest order) or the given ``domains`` (in the given order).
 
     Validates on open: unknown domain names, a domain without data in this split, missing/inconsistent
     ``.bin``/``.idx`` files, token ids >= ``vocab_size`` (defaults to the manifest's tokenizer
     vocab size), and, when given, the sha256 of the tokenizer the data was made with.
+
+    The token-id check reads every file once (a streaming max over the mmap: seconds per GB). Pass
+    ``check_token_ids=False`` to skip it for data already checked, e.g. on every rank but one.
+    Samples of domain ``k`` (its index in ``names``) are shuffled per epoch from ``(seed, k, epoch)``.
     """
     manifest = read_manifest(data_dir)
     manifest_path = os.path.join(data_dir, MANIFEST_FILE)
@@ -286,6 +304,8 @@ def open_domains(
         )
     if vocab_size is None:
         vocab_size = manifest["tokenizer"].get("vocab_size")
+    if not check_token_ids:
+        vocab_size = None
     datasets = [
         DomainDataset(
             os.path.join(data_dir, split, file_of[name]),

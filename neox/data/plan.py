@@ -11,8 +11,9 @@ shuffled window of the right epoch).
 
 The slot order within a batch is a permutation keyed by a counter-based hash of ``(seed, step)``:
 it needs no RNG state, so a plan resumed at step ``t`` produces exactly what an uninterrupted one does.
-Batches are built a segment of steps at a time with numpy (all steps of a segment share the weights,
-hence the counts); memory is O(K + segment_steps * B), independent of the number of training steps.
+The slot orders of ``segment_steps`` steps are computed at once with numpy and survive weight
+changes (they do not depend on the weights); memory is O(K + segment_steps * B), independent of the
+number of training steps.
 """
 
 from __future__ import annotations
@@ -121,9 +122,8 @@ class MixturePlan:
         if initial_weights is None:
             initial_weights = np.full(self.num_domains, 1.0 / self.num_domains)
         self._weights = _validate_weights(initial_weights, self.num_domains)
-        self._counts = largest_remainder_counts(self._weights, self.global_batch_sequences,
-                                                self.min_samples_per_domain)
-        self._drop_segment()
+        self._set_counts()
+        self._drop_orders()
 
     # --- weights ----------------------------------------------------------------------------------
     @property
@@ -141,14 +141,20 @@ class MixturePlan:
         if np.array_equal(w, self._weights):
             return
         self._weights = w
-        self._counts = largest_remainder_counts(w, self.global_batch_sequences, self.min_samples_per_domain)
-        self._drop_segment()
+        self._set_counts()
 
     # --- batches ----------------------------------------------------------------------------------
-    def _drop_segment(self) -> None:
-        self._seg_first_step = -1
-        self._seg_domain = np.empty((0, self.global_batch_sequences), dtype=np.int64)
-        self._seg_sample = np.empty((0, self.global_batch_sequences), dtype=np.int64)
+    def _set_counts(self) -> None:
+        """Per-slot layout of an unshuffled batch under the weights in force (all (B,))."""
+        self._counts = largest_remainder_counts(self._weights, self.global_batch_sequences,
+                                                self.min_samples_per_domain)
+        first_slot = np.concatenate([[0], np.cumsum(self._counts)[:-1]])  # (K,)
+        self._domain_of_slot = np.repeat(np.arange(self.num_domains, dtype=np.int64), self._counts)
+        self._offset_in_domain = np.arange(self.global_batch_sequences) - first_slot[self._domain_of_slot]
+
+    def _drop_orders(self) -> None:
+        self._orders_first_step = -1
+        self._orders = np.empty((0, self.global_batch_sequences), dtype=np.int64)
 
     def slot_order(self, steps: np.ndarray) -> np.ndarray:
         """Permutation of the B slots for each step, (n, B); a pure function of (seed, step)."""
@@ -160,28 +166,19 @@ class MixturePlan:
             keys = _splitmix64(step_key[:, None] + slots[None, :])  # (n, B)
         return np.argsort(keys, axis=1, kind="stable")
 
-    def _build_segment(self, num_steps: int) -> None:
-        counts = self._counts  # (K,)
-        first_slot = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (K,)
-        domain_of_slot = np.repeat(np.arange(self.num_domains, dtype=np.int64), counts)  # (B,)
-        offset_in_domain = np.arange(self.global_batch_sequences) - first_slot[domain_of_slot]  # (B,)
-        rel_step = np.arange(num_steps, dtype=np.int64)[:, None]  # (n, 1)
-        # Slot j of step t (before shuffling) takes domain d's sample cursor_d + t * c_d + offset_j.
-        sample = (self.cursors[domain_of_slot][None, :] + rel_step * counts[domain_of_slot][None, :]
-                  + offset_in_domain[None, :])  # (n, B)
-        order = self.slot_order(np.arange(self.step, self.step + num_steps))  # (n, B)
-        self._seg_domain = domain_of_slot[order]
-        self._seg_sample = np.take_along_axis(sample, order, axis=1)
-        self._seg_first_step = self.step
-
     def next_global_batch(self) -> tuple[np.ndarray, np.ndarray]:
         """``(domain_B, sample_B)`` int64 arrays of shape (B,) for the current step; advances the step."""
-        row = self.step - self._seg_first_step
-        if self._seg_first_step < 0 or row >= self._seg_domain.shape[0]:
-            self._build_segment(self.segment_steps)
-            row = 0
-        domain_b = self._seg_domain[row].copy()
-        sample_b = self._seg_sample[row].copy()
+        row = self.step - self._orders_first_step
+        if self._orders_first_step < 0 or row >= self._orders.shape[0]:
+            # The slot orders do not depend on the weights, so one segment of them survives any number
+            # of set_weights calls; only the cheap per-slot layout is redone on a weight change.
+            self._orders = self.slot_order(np.arange(self.step, self.step + self.segment_steps))
+            self._orders_first_step, row = self.step, 0
+        order = self._orders[row]  # (B,)
+        # Unshuffled slot j holds domain d's sample cursor_d + (j - first slot of d).
+        sample = self.cursors[self._domain_of_slot] + self._offset_in_domain  # (B,)
+        domain_b = self._domain_of_slot[order]
+        sample_b = sample[order]
         self.step += 1
         self.cursors += self._counts
         return domain_b, sample_b
@@ -219,6 +216,5 @@ class MixturePlan:
         _validate_weights(state["weights"], self.num_domains)
         # Taken verbatim (not renormalised) so the counts are bit-for-bit those of the saved run.
         self._weights = np.asarray(state["weights"], dtype=np.float64).copy()
-        self._counts = largest_remainder_counts(self._weights, self.global_batch_sequences,
-                                                self.min_samples_per_domain)
-        self._drop_segment()
+        self._set_counts()
+        self._drop_orders()
