@@ -1,0 +1,304 @@
+"""lm-eval (EleutherAI lm-evaluation-harness) on an exported transformers model or on a checkpoint.
+
+`run_lm_eval` is one `lm_eval.simple_evaluate` call with lm-eval's `hf` model; a RUN_DIR or
+CHECKPOINT_DIR is first exported to a temporary transformers directory (neox/export.py). Suites name
+the paper's evaluations (shared/reference/methods.md): MMLU 0- and 5-shot, HumanEval pass@1, and the
+zero-shot set. Results come back as task -> metric -> value, with the n-shot and limit used.
+
+lm-eval downloads task datasets from the Hugging Face Hub. On a machine without network they must
+already be in the datasets cache (HF_DATASETS_CACHE; set HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1 to
+skip the futile retries), or the tasks must be local YAMLs passed with `include_path`; a dataset that
+cannot be fetched raises `DatasetUnavailableError` with that advice.
+
+Public API:
+    SUITES, resolve_suite(suite, num_fewshot) -> list[EvalPlan]
+    run_lm_eval(model_dir, tasks, num_fewshot=None, limit=None, include_path=None, batch_size=1,
+                device="cpu", ...) -> dict
+    run_suite(model_dir, suite, ...) -> dict          (all runs of a suite, for tools/run_eval.py)
+    lm_eval_record(result) -> dict[str, float]         "<task>/<metric>" -> value, for metrics.jsonl
+    results_markdown(report) -> str
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+# The paper's zero-shot set (shared/reference/methods.md, "LM setup").
+PAPER_TASKS = ["lambada_openai", "piqa", "winogrande", "arc_easy", "sciq", "wikitext", "openbookqa"]
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """One lm-eval run: these tasks at this few-shot count (None: each task's own default)."""
+
+    tasks: tuple[str, ...]
+    num_fewshot: int | None
+
+
+SUITES: dict[str, list[EvalPlan]] = {
+    "mmlu": [EvalPlan(("mmlu",), 0), EvalPlan(("mmlu",), 5)],
+    "humaneval": [EvalPlan(("humaneval",), 0)],
+    "paper": [EvalPlan(tuple(PAPER_TASKS), None)],
+}
+# Tasks whose metric runs model-generated code: lm-eval needs confirm_run_unsafe_code=True for them.
+UNSAFE_TASK_PREFIXES = ("humaneval", "mbpp")
+
+
+class EvalError(RuntimeError):
+    """An evaluation that cannot run as asked; the message says what to change."""
+
+
+class DatasetUnavailableError(EvalError):
+    """A task's dataset could not be downloaded (no network / offline mode) and is not cached."""
+
+
+class UnsafeCodeRefusedError(EvalError):
+    """A code-execution task was requested without explicit permission."""
+
+
+def resolve_suite(suite: str, num_fewshot: int | None = None) -> list[EvalPlan]:
+    """'mmlu' | 'humaneval' | 'paper' | comma-separated task names -> the lm-eval runs to make.
+
+    An explicit num_fewshot replaces the suite's own (MMLU then runs once, at that count).
+    """
+    if suite in SUITES:
+        plans = SUITES[suite]
+        if num_fewshot is not None:
+            return [EvalPlan(plans[0].tasks, num_fewshot)]
+        return list(plans)
+    tasks = tuple(t.strip() for t in suite.split(",") if t.strip())
+    if not tasks:
+        raise EvalError(f"--suite {suite!r} names no task; use mmlu, humaneval, paper or task1,task2,...")
+    return [EvalPlan(tasks, num_fewshot)]
+
+
+def check_code_execution(tasks: Sequence[str], allow_code_execution: bool) -> None:
+    """Refuse code-execution tasks without explicit permission; with it, enable HF's code_eval metric."""
+    unsafe = [t for t in tasks if t.startswith(UNSAFE_TASK_PREFIXES)]
+    if not unsafe:
+        return
+    if not allow_code_execution:
+        raise UnsafeCodeRefusedError(
+            f"task(s) {', '.join(unsafe)} execute the code the model writes (pass@k), i.e. run untrusted code "
+            "on this machine. Rerun with --allow-code-execution (allow_code_execution=True), preferably in a "
+            "sandbox, if you accept that.")
+    # HF evaluate's code_eval metric checks this variable itself when lm-eval imports the task.
+    os.environ["HF_ALLOW_CODE_EVAL"] = "1"
+
+
+def lm_eval_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:
+        raise EvalError("lm-eval is not installed: pip install 'lm-eval[hf]' (the project's [eval] extra)") from None
+
+
+@contextlib.contextmanager
+def hf_model_dir(model_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """A transformers model directory for `model_dir`: itself, or a temporary export of a run/checkpoint."""
+    path = Path(model_dir)
+    if (path / "config.json").is_file():
+        yield path
+        return
+    from neox.export import ExportError, export_hf, resolve_checkpoint
+
+    try:
+        resolve_checkpoint(path)
+    except ExportError as e:
+        raise EvalError(f"{path} is neither a transformers model directory (no config.json) nor a run or "
+                        f"checkpoint directory: {e}") from None
+    with tempfile.TemporaryDirectory(prefix="acodm_eval_") as tmp:
+        yield export_hf(path, Path(tmp) / "hf", dtype="float32")
+
+
+@contextlib.contextmanager
+def _preserved_rng_state() -> Iterator[None]:
+    """lm-eval reseeds python, numpy and torch (1234) for its own reproducibility; a trainer calling it at a
+    checkpoint must continue with the random streams it had, or resume would not match the original run."""
+    import random
+
+    import numpy as np
+    import torch
+
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.random.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _task_manager(tasks: Sequence[str], include_path: str | os.PathLike[str] | None) -> Any:
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None:
+        if not Path(include_path).is_dir():
+            raise EvalError(f"--include-path {include_path} is not a directory of task YAMLs")
+        # Indexing lm-eval's ~15k built-in task files takes seconds; skip it when the local folder
+        # defines every requested task.
+        local = TaskManager(include_path=str(include_path), include_defaults=False)
+        if all(t in local.all_tasks for t in tasks):
+            return local
+    manager = TaskManager(include_path=None if include_path is None else str(include_path))
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        hint = f" (nor in {include_path})" if include_path else "; local tasks need --include-path DIR"
+        raise EvalError(f"unknown lm-eval task(s): {', '.join(unknown)}: not in lm-eval {lm_eval_version()}{hint}")
+    return manager
+
+
+def _is_dataset_unavailable(exc: BaseException) -> bool:
+    """True if the exception (or one it came from) is a failed Hub download / offline-mode miss."""
+    names = {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "DatasetNotFoundError", "ConnectError",
+             "ConnectTimeout", "HfHubHTTPError"}
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        message = str(e)
+        if (isinstance(e, ConnectionError) or type(e).__name__ in names
+                or "on the Hub" in message or "is not cached" in message
+                or "HF_DATASETS_OFFLINE" in message or "Hugging Face Hub" in message):
+            return True
+        stack += [e.__cause__, e.__context__]
+    return False
+
+
+def _offline_message(tasks: Sequence[str], exc: BaseException) -> str:
+    return (
+        f"lm-eval could not load the dataset (or metric) of task(s) {', '.join(tasks)}: {exc}\n"
+        "This machine cannot download it. Put the datasets (and HF evaluate metrics, e.g. code_eval for "
+        "humaneval) in the Hugging Face cache first (run the same "
+        "command once on a machine with network and copy ~/.cache/huggingface, or point HF_DATASETS_CACHE "
+        "and HF_HOME at a copied cache), then run with HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 so nothing "
+        "is fetched; or evaluate local tasks: --include-path DIR with task YAMLs whose data are local files "
+        "(see tests/data/lm_eval_tasks/).")
+
+
+def _clean_metrics(task_result: dict[str, Any]) -> dict[str, float | None]:
+    """lm-eval's {'acc,none': 0.5, 'acc_stderr,none': 0.1, 'alias': ...} -> {'acc': 0.5, 'acc_stderr': 0.1}.
+
+    The ',none' filter suffix is dropped; other filters stay in the name ('pass@1,create_test').
+    """
+    out: dict[str, float | None] = {}
+    for key, value in task_result.items():
+        if key in ("alias", "samples", "name", "sample_len", "sample_count"):
+            continue
+        name = key[: -len(",none")] if key.endswith(",none") else key
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            out[name] = None  # lm-eval writes "N/A" for a stderr it could not compute
+        else:
+            out[name] = float(value)
+    return out
+
+
+def run_lm_eval(model_dir: str | os.PathLike[str], tasks: Sequence[str], num_fewshot: int | None = None,
+                limit: int | float | None = None, include_path: str | os.PathLike[str] | None = None,
+                batch_size: int | str = 1, device: str = "cpu", *, allow_code_execution: bool = False,
+                bootstrap_iters: int = 100000, dtype: str | None = None) -> dict[str, Any]:
+    """Run lm-eval's `hf` model on `model_dir` (transformers dir, RUN_DIR or CHECKPOINT_DIR).
+
+    Returns {"results": {task: {metric: value}}, "n-shot": {task: n}, "num_fewshot", "limit", "tasks",
+    "lm_eval_version", "higher_is_better"}. Raises DatasetUnavailableError when a dataset cannot be
+    fetched, UnsafeCodeRefusedError for a code-execution task without allow_code_execution=True.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        raise EvalError("run_lm_eval needs at least one task name")
+    check_code_execution(tasks, allow_code_execution)
+    version = lm_eval_version()
+    import lm_eval
+
+    manager = _task_manager(tasks, include_path)
+    with hf_model_dir(model_dir) as hf_dir, _preserved_rng_state():
+        model_args: dict[str, Any] = {"pretrained": str(hf_dir)}
+        if dtype is not None:
+            model_args["dtype"] = dtype
+        try:
+            out = lm_eval.simple_evaluate(
+                model="hf", model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
+                batch_size=batch_size, device=device, task_manager=manager, log_samples=False,
+                bootstrap_iters=bootstrap_iters, confirm_run_unsafe_code=allow_code_execution)
+        except Exception as e:
+            if _is_dataset_unavailable(e):
+                raise DatasetUnavailableError(_offline_message(tasks, e)) from e
+            raise
+    if out is None:  # only non-zero ranks of a multi-process lm-eval run get None
+        raise EvalError("lm-eval returned no results (not rank 0?)")
+    return {
+        "tasks": tasks,
+        "num_fewshot": num_fewshot,
+        "limit": limit,
+        "lm_eval_version": version,
+        "results": {task: _clean_metrics(res) for task, res in out["results"].items()},
+        "n-shot": {task: int(n) for task, n in out.get("n-shot", {}).items()},
+        "higher_is_better": out.get("higher_is_better", {}),
+        "groups": sorted(out.get("groups", {})),
+    }
+
+
+def run_suite(model_dir: str | os.PathLike[str], suite: str, num_fewshot: int | None = None,
+              limit: int | float | None = None, include_path: str | os.PathLike[str] | None = None,
+              batch_size: int | str = 1, device: str = "cpu", *, allow_code_execution: bool = False,
+              bootstrap_iters: int = 100000) -> dict[str, Any]:
+    """Every run of a suite (MMLU: 0- and 5-shot) on one export of the model."""
+    plans = resolve_suite(suite, num_fewshot)
+    all_tasks = [t for plan in plans for t in plan.tasks]
+    check_code_execution(all_tasks, allow_code_execution)  # refuse before exporting or loading anything
+    with hf_model_dir(model_dir) as hf_dir:
+        runs = [run_lm_eval(hf_dir, plan.tasks, plan.num_fewshot, limit, include_path, batch_size, device,
+                            allow_code_execution=allow_code_execution, bootstrap_iters=bootstrap_iters)
+                for plan in plans]
+    return {"model": str(model_dir), "suite": suite, "limit": limit, "lm_eval_version": lm_eval_version(),
+            "runs": runs}
+
+
+def lm_eval_record(result: dict[str, Any]) -> dict[str, float]:
+    """One run_lm_eval result -> flat "<task>/<metric>" values for a metrics.jsonl `lm_eval` record.
+
+    Standard errors are left out; with a non-default few-shot count the name says it ("mmlu/acc@5shot").
+    """
+    suffix = "" if not result.get("num_fewshot") else f"@{result['num_fewshot']}shot"
+    record: dict[str, float] = {}
+    for task, metrics in result["results"].items():
+        for metric, value in metrics.items():
+            if value is None or "_stderr" in metric or not math.isfinite(value):
+                continue
+            record[f"{task}/{metric}{suffix}"] = value
+    return record
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4e}"
+
+
+def results_markdown(report: dict[str, Any]) -> str:
+    """The suite report as a markdown table: task, n-shot, metric, value ± stderr."""
+    lines = [f"lm-eval {report['lm_eval_version']} on `{report['model']}` (suite `{report['suite']}`, "
+             f"limit {report['limit']})", "", "| task | n-shot | metric | value | ± stderr |", "|---|---|---|---|---|"]
+    for run in report["runs"]:
+        for task, metrics in run["results"].items():
+            shots = run["n-shot"].get(task, run["num_fewshot"] if run["num_fewshot"] is not None else "")
+            for metric, value in metrics.items():
+                if "_stderr" in metric:
+                    continue
+                stderr = metrics.get(metric.replace(",", "_stderr,", 1) if "," in metric else f"{metric}_stderr")
+                lines.append(f"| {task} | {shots} | {metric} | {_fmt(value)} | {_fmt(stderr)} |")
+    return "\n".join(lines) + "\n"
