@@ -80,8 +80,8 @@ class RunMetrics:
     def mean_val_ppl(self, rec: dict[str, Any]) -> float:
         """The record's unweighted mean of per-domain perplexity (recomputed if the key is missing)."""
         if "val_ppl/mean" in rec:
-            return float(rec["val_ppl/mean"])
-        values = [float(rec[f"val_ppl/{d}"]) for d in self.domains if f"val_ppl/{d}" in rec]
+            return _num(rec["val_ppl/mean"])
+        values = [_num(rec[f"val_ppl/{d}"]) for d in self.domains if f"val_ppl/{d}" in rec]
         if not values:
             raise RunReadError(
                 f"{self.run_dir}: eval record at step {rec.get('step')} has neither val_ppl/mean nor "
@@ -107,8 +107,13 @@ class RunMetrics:
 
 def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     steps = [int(r["step"]) for r in records if key in r]
-    values = [float(r[key]) for r in records if key in r]
+    values = [_num(r[key]) for r in records if key in r]
     return steps, values
+
+
+def _num(value: Any) -> float:
+    # The trainer writes a NaN metric as null (JSON has no NaN); plots show it as a gap.
+    return math.nan if value is None else float(value)
 
 
 def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -287,7 +292,7 @@ def _weights_panel(ax: Any, run: RunMetrics) -> None:
         ax.text(0.5, 0.5, "no weight records", ha="center", va="center", transform=ax.transAxes)
         return
     steps = [int(r["step"]) for r in recs]
-    ax.stackplot(steps, [[float(r[k]) for r in recs] for k in keys], labels=domains,
+    ax.stackplot(steps, [[_num(r[k]) for r in recs] for k in keys], labels=domains,
                  colors=_colors(len(domains)))
     ax.set_ylim(0, 1)
     ax.set_xlim(steps[0], steps[-1] if steps[-1] > steps[0] else steps[0] + 1)
@@ -362,12 +367,12 @@ def _final_table(runs: Sequence[RunMetrics]) -> tuple[str, dict[str, Any]]:
     rows, data = [], {}
     for run in runs:
         rec = run.final_eval
-        per_domain = {d: float(rec[f"val_ppl/{d}"]) for d in domains if f"val_ppl/{d}" in rec}
+        per_domain = {d: _num(rec[f"val_ppl/{d}"]) for d in domains if f"val_ppl/{d}" in rec}
         weighted = rec.get("val_ppl/weighted")
         entry = {
             "run_dir": str(run.run_dir), "final_step": int(rec["step"]), "tokens": rec.get("tokens"),
             "final_val_ppl_mean": run.mean_val_ppl(rec),
-            "final_val_ppl_weighted": None if weighted is None else float(weighted),
+            "final_val_ppl_weighted": None if weighted is None else _num(weighted),
             "final_val_ppl": per_domain, "method": run.header.get("method"), "seed": run.header.get("seed"),
         }
         data[run.name] = entry
@@ -419,9 +424,20 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.P
     lm_md, lm_data = _lm_eval_table(runs)
     summary = {"runs": final_data, "time_to_target": ttt, "lm_eval": lm_data,
                "domains": runs[0].domains}
-    _atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
     _atomic_write_text(out / "summary.md", _summary_markdown(runs, final_md, ttt, lm_md))
     return summary
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> null, so summary.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _unique_names(runs: Sequence[RunMetrics]) -> None:
@@ -512,5 +528,5 @@ def summarize_run(run_dir: str | os.PathLike[str]) -> str:
         rows.append(row(d, first.get(key), last.get(key)))
     rows.append(row("mean", run.mean_val_ppl(first), run.mean_val_ppl(last)))
     if "val_ppl/weighted" in first and "val_ppl/weighted" in last:
-        rows.append(row("weighted", float(first["val_ppl/weighted"]), float(last["val_ppl/weighted"])))
+        rows.append(row("weighted", _num(first["val_ppl/weighted"]), _num(last["val_ppl/weighted"])))
     return f"{run.name}: validation perplexity\n\n" + _markdown_table(header, rows)

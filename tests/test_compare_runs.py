@@ -193,3 +193,18 @@ def test_command_line_tools(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert_png(runs["odm"] / "run.png")
     assert "| mean | 120 | 35 |" in proc.stdout
+
+
+def test_nan_metrics_written_as_null_stay_readable(runs, tmp_path):
+    # The trainer writes a NaN metric as JSON null; it must plot as a gap and keep summary.json strict JSON.
+    nan_eval = eval_rec(20, 60.0)
+    nan_eval["val_ppl/github"] = None
+    nan_eval["val_ppl/mean"] = None
+    run = write_run(tmp_path / "nan", [header("nan")] + train_block(range(1, 41))
+                    + [eval_rec(10, 110.0), nan_eval, eval_rec(40, 30.0)])
+    summary = compare_runs([run, runs["odm"]], tmp_path / "cmp")
+    text = (tmp_path / "cmp" / "summary.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    ttt = {(r["a"], r["b"]): r for r in summary["time_to_target"]}
+    assert ttt[("nan", "odm")]["a_reached_step"] == 40  # the NaN eval at step 20 never counts as reached
+    assert_png(tmp_path / "cmp" / "val_ppl_domains.png")
