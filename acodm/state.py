@@ -7,7 +7,7 @@ Blocks, in this order (z(v) = clamp((v − mean v)/(std v + 1e-8), −3, 3) over
     sample_count       z(per-domain sample counts this step)                  K
     probe_norm         z(Frobenius norms of the P probe matrices)             P
     probe_norm_change  z(norms − the PREVIOUS step's norms)                   P
-    progress           step / total_steps × 100 (not z-scored)                1
+    progress           step / total_steps × progress_scale (not z-scored)     1
 
 dim = 3K + 2P + 1 (85 for K = 22, P = 9). The released code measures both "change" blocks against the
 first step ever; we use the previous step (methods.md defect 3).
@@ -40,6 +40,8 @@ class StateSpec:
     domains: tuple[str, ...]
     num_probes: int
     blocks: tuple[tuple[str, int], ...] = field(default=())
+    # progress feature = step / total_steps × progress_scale. The paper uses 100 (a percentage).
+    progress_scale: float = 100.0
 
     def __post_init__(self) -> None:
         k, p = len(self.domains), self.num_probes
@@ -68,7 +70,8 @@ class StateSpec:
     @classmethod
     def from_dict(cls, d: dict) -> StateSpec:
         return cls(domains=tuple(d["domains"]), num_probes=int(d["num_probes"]),
-                   blocks=tuple((n, int(s)) for n, s in d["blocks"]))  # fmt: skip
+                   blocks=tuple((n, int(s)) for n, s in d["blocks"]),
+                   progress_scale=float(d.get("progress_scale", 100.0)))  # fmt: skip
 
     def check_compatible(self, other: StateSpec, what: str = "the loaded actor") -> None:
         """Raise a clear error if ``other`` (what an actor was trained on) differs from this run's spec."""
@@ -89,6 +92,11 @@ class StateSpec:
             raise ValueError(
                 f"{what} expects state blocks {list(other.blocks)} (num_probes={other.num_probes}), this run "
                 f"builds {list(self.blocks)} (num_probes={self.num_probes}); use the same probe layers count"
+            )
+        if other.progress_scale != self.progress_scale:
+            raise ValueError(
+                f"{what} was trained with progress_scale={other.progress_scale}, this run uses "
+                f"{self.progress_scale}; set mixing.progress_scale to match"
             )
 
 
@@ -141,7 +149,7 @@ class StateBuilder:
             norms[ok] = given[ok]
         norm_change = norms - self.prev_norms if self.num_built > 0 else np.zeros(p)
 
-        progress = np.array([100.0 * step / max(total_steps, 1)])
+        progress = np.array([self.spec.progress_scale * step / max(total_steps, 1)])
         state = np.concatenate([zscore(loss), zscore(loss_change), zscore(counts), zscore(norms),
                                 zscore(norm_change), progress])  # fmt: skip
         self.last_loss = loss

@@ -58,6 +58,7 @@ def default_warmup_steps(total_steps: int) -> int:
 @dataclass
 class ACODMConfig:
     reward: str = "linear"  # "linear" (scalar surrogate, 1-output critic) | "paper" (per-domain z, K outputs)
+    progress_scale: float = 100.0  # progress feature = step/total × this (paper: 100, a percentage)
     num_probe_layers: int = 9  # P: state probe matrices the trainer reports (paper: 9); dim = 3K + 2P + 1
     warmup_steps: int | None = None  # behaviour-policy steps; None = 2% of total_steps (paper: 834)
     warmup_alpha: float = 0.5  # smoothing of the ODM smoothed-mean behaviour policy (paper: 0.5)
@@ -135,7 +136,9 @@ def alignment_reward(
             s = (sub.sum(axis=1) - np.diag(sub)) / scale
             reward = np.zeros(k)
             reward[present] = zscore(s)
-    return reward if np.all(np.isfinite(reward)) else None
+    # The replay buffer stores float32: a reward that is finite only in float64 would become inf there.
+    ok = np.all(np.isfinite(reward)) and np.all(np.abs(reward) < 1e30)
+    return reward if ok else None
 
 
 class _WarmupBehaviour:
@@ -160,7 +163,7 @@ class ACODMMixer(Mixer):
         self.warmup_steps = (
             default_warmup_steps(total_steps) if config.warmup_steps is None else config.warmup_steps
         )
-        self.spec = StateSpec(tuple(self.domains), config.num_probe_layers)
+        self.spec = StateSpec(tuple(self.domains), config.num_probe_layers, progress_scale=config.progress_scale)
         self.builder = StateBuilder(self.spec)
         reward_dim = 1 if config.reward == "linear" else self.num_domains
         self.ddpg_config = DDPGConfig(
@@ -278,7 +281,8 @@ class ACODMFrozenMixer(Mixer):
         metadata = read_actor_metadata(config.actor)
         trained_spec = StateSpec.from_dict(metadata["state_spec"])
         # This run's spec: its own domains, the probe count the actor was trained with (checked per step).
-        self.spec = StateSpec(tuple(self.domains), trained_spec.num_probes)
+        self.spec = StateSpec(tuple(self.domains), trained_spec.num_probes,
+                              progress_scale=trained_spec.progress_scale)
         self.actor, self.metadata = load_actor(config.actor, self.domains, self.spec, device=config.device)
         self.builder = StateBuilder(self.spec)
         self.warmup_steps = (

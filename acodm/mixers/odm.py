@@ -88,7 +88,10 @@ class SmoothedMeanSampler:
         if not self.seen.any():
             return np.full(k, 1.0 / k)
         r = np.where(self.seen, self.reward, self.reward[self.seen].mean())
-        return (1 - k * epsilon) * r / r.sum() + epsilon
+        total = r.sum()
+        if not (math.isfinite(total) and total > 0):  # every R̂ underflowed to 0 (losses << 0)
+            return np.full(k, 1.0 / k)
+        return (1 - k * epsilon) * r / total + epsilon
 
     def state_dict(self) -> dict:
         return {"reward": self.reward.copy(), "seen": self.seen.copy()}
