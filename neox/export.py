@@ -79,8 +79,10 @@ def load_checkpoint_config(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any]:
     raise ExportError(f"no config.yml in {ckpt_dir} or its run directory; the model shape is unknown")
 
 
-def find_tokenizer(ckpt_dir: Path, explicit: str | os.PathLike[str] | None) -> Path | None:
-    """--tokenizer if given, else tokenizer.json next to the checkpoint or in its run directory."""
+def find_tokenizer(ckpt_dir: Path, explicit: str | os.PathLike[str] | None,
+                   run_cfg: dict[str, Any] | None = None) -> Path | None:
+    """--tokenizer if given, else tokenizer.json next to the checkpoint or in its run directory, else the
+    config's data.tokenizer (relative to the working directory, as for training)."""
     if explicit is not None:
         path = Path(explicit)
         if path.is_dir():
@@ -88,7 +90,11 @@ def find_tokenizer(ckpt_dir: Path, explicit: str | os.PathLike[str] | None) -> P
         if not path.is_file():
             raise ExportError(f"--tokenizer {explicit}: no tokenizer.json there")
         return path
-    for candidate in (ckpt_dir / "tokenizer.json", ckpt_dir.parent.parent / "tokenizer.json"):
+    candidates = [ckpt_dir / "tokenizer.json", ckpt_dir.parent.parent / "tokenizer.json"]
+    data_tokenizer = ((run_cfg or {}).get("data") or {}).get("tokenizer")
+    if isinstance(data_tokenizer, str):
+        candidates.append(Path(data_tokenizer))
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
     return None
@@ -172,7 +178,7 @@ def export_hf(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
         model_cfg = ModelConfig(**run_cfg["model"])
     except TypeError as e:
         raise ExportError(f"{ckpt}/config.yml: model section does not fit ModelConfig ({e})") from None
-    tokenizer_json = find_tokenizer(ckpt, tokenizer)
+    tokenizer_json = find_tokenizer(ckpt, tokenizer, run_cfg)
     pad_id = None
     if tokenizer_json is not None:
         from tokenizers import Tokenizer

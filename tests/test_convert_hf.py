@@ -167,3 +167,18 @@ def test_export_without_tokenizer_warns(tmp_path):
     with pytest.warns(UserWarning, match="--tokenizer"):
         out = export_hf(run, tmp_path / "hf")
     assert (out / "model.safetensors").is_file() and not (out / "tokenizer.json").exists()
+
+
+def test_tokenizer_from_config_data_path(tmp_path):
+    # The trainer's config names the tokenizer (data.tokenizer); with no copy in the run dir, use that.
+    run = make_run(tmp_path / "run", with_tokenizer=False)
+    train_tokenizer(tmp_path / "elsewhere.json")
+    ckpt = run / "checkpoints" / "step_00000010"
+    cfg = yaml.safe_load((ckpt / "config.yml").read_text())
+    cfg["data"]["tokenizer"] = str(tmp_path / "elsewhere.json")
+    (ckpt / "config.yml").write_text(yaml.safe_dump(cfg))
+    out = export_hf(run, tmp_path / "hf")
+    assert (out / "tokenizer.json").is_file()
+    provenance = json.loads((out / "acodm_export.json").read_text())
+    assert provenance["tokenizer"] == str((tmp_path / "elsewhere.json").resolve())
+    assert provenance["trainer_state"] == {"step": 10, "tokens": 10240}
