@@ -441,6 +441,13 @@ def _json_safe(value: Any) -> Any:
 
 
 def _unique_names(runs: Sequence[RunMetrics]) -> None:
+    """Runs of one config share its run_name (e.g. demo_cpu with two methods): name those by directory."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.name] = counts.get(run.name, 0) + 1
+    for run in runs:
+        if counts[run.name] > 1 and run.name == run.header.get("run_name"):
+            run.name = run.run_dir.resolve().name
     seen: dict[str, int] = {}
     for run in runs:
         if run.name in seen:

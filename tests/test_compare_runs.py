@@ -208,3 +208,12 @@ def test_nan_metrics_written_as_null_stay_readable(runs, tmp_path):
     ttt = {(r["a"], r["b"]): r for r in summary["time_to_target"]}
     assert ttt[("nan", "odm")]["a_reached_step"] == 40  # the NaN eval at step 20 never counts as reached
     assert_png(tmp_path / "cmp" / "val_ppl_domains.png")
+
+
+def test_runs_of_one_config_are_named_by_directory(runs, tmp_path):
+    # Two methods trained from the same config share its run_name; the directories tell them apart.
+    a = write_run(tmp_path / "demo_acodm", [header("demo_cpu"), eval_rec(10, 50.0)])
+    b = write_run(tmp_path / "demo_odm", [header("demo_cpu", method="odm"), eval_rec(10, 60.0)])
+    c = write_run(tmp_path / "x" / "demo_odm", [header("demo_cpu", method="odm"), eval_rec(10, 70.0)])
+    summary = compare_runs([a, b, c], tmp_path / "cmp")
+    assert list(summary["runs"]) == ["demo_acodm", "demo_odm", "demo_odm#2"]
