@@ -9,12 +9,14 @@ stages) contribute partial sums and one SUM all-reduce combines them (DESIGN.md 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from acodm.alignment import GradientAlignment
+if TYPE_CHECKING:
+    from acodm.alignment import GradientAlignment
 
 
 @dataclass
@@ -34,7 +36,7 @@ class ReducedStats:
 
 
 class StepStatistics:
-    def __init__(self, num_domains: int, device: torch.device, alignment: GradientAlignment | None = None,
+    def __init__(self, num_domains: int, device: torch.device, alignment: "GradientAlignment | None" = None,
                  reference_model: torch.nn.Module | None = None) -> None:
         self.num_domains = num_domains
         self.device = device

@@ -130,12 +130,12 @@ class Trainer:
             cb.on_fit_start(self)
         while self.step < self.total_steps:
             started = time.perf_counter()
-            weights_in_force = self.weights
+            weights_in_force, lr = self.weights, self.scheduler.get_last_lr()[0]
             stats = self.train_step(self.loader.next_step())
             self.step += 1
             step_tokens = self.cfg.data.global_batch_sequences * self.cfg.data.seq_len_tokens
             self.tokens += step_tokens
-            record = self._step_record(stats, weights_in_force, step_tokens / (time.perf_counter() - started))
+            record = self._step_record(stats, weights_in_force, lr, step_tokens / (time.perf_counter() - started))
             for cb in self.callbacks:
                 cb.post_step(self, stats, record)
             if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
@@ -185,9 +185,9 @@ class Trainer:
             return float(self.engine.optimizer.cur_scale)
         return 1.0
 
-    def _step_record(self, stats: ReducedStats, weights: np.ndarray, tokens_per_s: float) -> dict[str, Any]:
+    def _step_record(self, stats: ReducedStats, weights: np.ndarray, lr: float, tokens_per_s: float) -> dict[str, Any]:
         record: dict[str, Any] = {"kind": "train", "step": self.step, "tokens": self.tokens,
-                                  "loss": stats.mean_loss, "lr": self.scheduler.get_last_lr()[0],
+                                  "loss": stats.mean_loss, "lr": lr,
                                   "tokens_per_s": tokens_per_s, "skipped_steps": self.skipped_steps}
         with np.errstate(divide="ignore", invalid="ignore"):
             mean_loss = stats.loss_sum / stats.token_count

@@ -1,0 +1,200 @@
+"""train.py end to end on synthetic domains: launchers, resume, kill during a checkpoint, NaN steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from neox.config import ConfigError, load_config
+from tests.trainer_utils import (ROOT, clean_env, read_metrics, run_train, tiny_config, train_in_process,
+                                 write_config)
+
+
+def _losses(run_dir):
+    return [r["loss"] for r in read_metrics(run_dir)]
+
+
+def test_python_run_writes_metrics_checkpoint_and_config(synthetic_data, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yml", tiny_config(synthetic_data, run_dir))
+    proc = run_train(cfg, "schedule.train_steps=4")
+    train = read_metrics(run_dir)
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) for r in train)
+    for rec in train:
+        w = [rec[f"weights/domain_0{k}"] for k in range(3)]
+        assert abs(sum(w) - 1) < 1e-9
+        assert rec["tokens"] == rec["step"] * 8 * 32
+    evals = read_metrics(run_dir, "eval")
+    assert [r["step"] for r in evals] == [0, 3, 4]
+    assert evals[-1]["val_ppl/mean"] < evals[0]["val_ppl/mean"]  # it learns something in 4 steps
+    assert math.isclose(evals[-1]["val_ppl/mean"], np.mean([evals[-1][f"val_ppl/domain_0{k}"] for k in range(3)]))
+    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["kind"] == "run" and first["domains"] == ["domain_00", "domain_01", "domain_02"]
+    saved = yaml.safe_load((run_dir / "config.yml").read_text())
+    assert saved["schedule"]["train_steps"] == 4  # the override is in the resolved config
+    ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert ckpt.name == "step_00000004"
+    for name in ("model.safetensors", "trainer.json", "data.json", "config.yml", "mixer", "deepspeed"):
+        assert (ckpt / name).exists(), name
+    assert "eval step 4" in proc.stderr
+
+
+def test_two_processes_match_one(synthetic_data, tmp_path):
+    """Data parallel over 2 gloo ranks (deepspeed launcher) sees the same global batches as 1 process."""
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    run_train(write_config(tmp_path / "one.yml", tiny_config(synthetic_data, one, mixing={"method": "odm"})))
+    launcher = (sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+                "--master_port", str(29500 + (hash(str(tmp_path)) % 1000)))
+    run_train(write_config(tmp_path / "two.yml", tiny_config(synthetic_data, two, mixing={"method": "odm"})),
+              launcher=launcher)
+    a, b = read_metrics(one), read_metrics(two)
+    np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=2e-5)
+    for k in range(3):  # the mixer (rank 0) saw the same all-reduced per-domain losses
+        key = f"weights/domain_0{k}"
+        np.testing.assert_allclose([r[key] for r in a], [r[key] for r in b], rtol=1e-4)
+
+
+def test_torchrun_launcher(synthetic_data, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yml", tiny_config(synthetic_data, run_dir))
+    run_train(cfg, "schedule.train_steps=2", launcher=(sys.executable, "-m", "torch.distributed.run",
+                                                       "--nproc_per_node", "2", "--master_port",
+                                                       str(30500 + (hash(str(tmp_path)) % 1000))))
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
+
+
+@pytest.mark.parametrize("method", ["odm"])
+def test_resume_equals_uninterrupted(synthetic_data, tmp_path, method):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    base = dict(mixing={"method": method}, checkpoint={"interval_steps": 3})
+    train_in_process(write_config(tmp_path / "a.yml", tiny_config(synthetic_data, straight, **base)))
+    cfg_b = write_config(tmp_path / "b.yml", tiny_config(synthetic_data, resumed, **base))
+    train_in_process(cfg_b)
+    # Simulate an interruption after step 3's checkpoint: delete everything that came after it.
+    ckpts = resumed / "checkpoints"
+    shutil.rmtree(ckpts / "step_00000006")
+    (ckpts / "latest").write_text("step_00000003\n")
+    lines = [l for l in (resumed / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l).get("step", 0) <= 3]
+    (resumed / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    train_in_process(cfg_b, "checkpoint.resume=auto")
+    a, b = read_metrics(straight), read_metrics(resumed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]  # bitwise on one CPU process
+    assert [r["weights/domain_01"] for r in a] == [r["weights/domain_01"] for r in b]
+
+
+def test_killed_during_checkpoint_resumes_from_previous(synthetic_data, tmp_path):
+    """SIGKILL while checkpoints are being written every step; the resumed run ends like an uninterrupted one."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    base = dict(mixing={"method": "odm"}, schedule={"train_steps": 12, "warmup_steps": 1},
+                checkpoint={"interval_steps": 1, "keep_last": 2}, eval={"interval_steps": 0, "at_start": False,
+                                                                       "val_samples_per_domain": 4})
+    run_train(write_config(tmp_path / "r.yml", tiny_config(synthetic_data, reference, **base)))
+    cfg = write_config(tmp_path / "k.yml", tiny_config(synthetic_data, killed, **base))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), str(cfg)], cwd=ROOT, env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = killed / "checkpoints"
+    deadline = time.time() + 120
+    saw_partial = False
+    while time.time() < deadline and proc.poll() is None:
+        partial = list(ckpts.glob("step_*.tmp")) if ckpts.exists() else []
+        if partial and (ckpts / "latest").exists():
+            proc.send_signal(signal.SIGKILL)
+            saw_partial = True
+            break
+        time.sleep(0.001)
+    proc.wait(timeout=60)
+    if not saw_partial:
+        pytest.skip("the run finished before a checkpoint write could be interrupted")
+    run_train(cfg, "checkpoint.resume=auto")
+    assert not list(ckpts.glob("*.tmp"))
+    a, b = read_metrics(reference), read_metrics(killed)
+    assert [r["step"] for r in b] == list(range(1, 13))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_refuses_to_overwrite_a_run(synthetic_data, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yml", tiny_config(synthetic_data, run_dir))
+    train_in_process(cfg, "schedule.train_steps=2")
+    with pytest.raises(FileExistsError, match="checkpoint.resume=auto"):
+        train_in_process(cfg, "schedule.train_steps=2")
+
+
+def test_config_errors_exit_cleanly(synthetic_data, tmp_path):
+    cfg = write_config(tmp_path / "c.yml", tiny_config(synthetic_data, tmp_path / "run"))
+    proc = run_train(cfg, "optimiser.lr=1", check=False)
+    assert proc.returncode == 2
+    assert "unknown config key 'optimiser'; did you mean 'optimizer'?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_validation(tmp_path, synthetic_data):
+    path = write_config(tmp_path / "c.yml", tiny_config(synthetic_data, tmp_path / "run"))
+    with pytest.raises(ConfigError, match="data.micro_batch_sequences"):
+        load_config(path, ["data.micro_batch_sequences=3"])
+    with pytest.raises(ConfigError, match="model.hidden_size .* must be an integer|model.hidden_size must"):
+        load_config(path, ["model.hidden_size=abc"])
+    with pytest.raises(ConfigError, match="divisible by data.micro_batch_sequences x data-parallel size"):
+        load_config(path).check_world_size(3)
+    with pytest.raises(ConfigError, match="did you mean 'acodm'"):
+        load_config(path, ["mixing.method=acdom"])
+    with pytest.raises(ConfigError, match="deepspeed.gradient_clipping is derived"):
+        load_config(path, ["deepspeed.gradient_clipping=1.0"])
+    with pytest.raises(ConfigError, match="pipeline and tensor parallelism"):
+        from neox.parallel.topology import Topology
+        Topology.build(pipe=2, tensor=1, world_size=2, rank=0)
+    cfg = load_config(path, ["mixing.acodm.reward=paper", "schedule.train_steps=9"])
+    assert cfg.mixing.acodm == {"reward": "paper"} and cfg.schedule.train_steps == 9
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_nonfinite_steps_are_skipped_then_the_run_stops(synthetic_data, tmp_path, zero_stage):
+    import torch
+
+    from neox.config import load_config
+    from neox.training.trainer import NonFiniteLossError, Trainer
+
+    cfg = write_config(tmp_path / "c.yml", tiny_config(
+        synthetic_data, tmp_path / "run", schedule={"train_steps": 10, "warmup_steps": 0},
+        deepspeed={"zero_optimization": {"stage": zero_stage}}, max_nonfinite_steps=3,
+        eval={"at_start": False, "interval_steps": 0, "val_samples_per_domain": 4}))
+    trainer = Trainer(load_config(cfg))
+    poisoned_steps = {2, 4, 5, 6}  # step 2 alone is skipped; 4, 5, 6 in a row stop the run
+
+    def poison(module, inputs, output):  # the test's own hook: NaN logits on chosen steps
+        return output * float("nan") if trainer.step + 1 in poisoned_steps else output
+
+    trainer.engine.module.register_forward_hook(poison)
+    from neox.training.callbacks import Callback
+
+    class Snapshot(Callback):  # the weights right after the last good step (3)
+        def post_step(self, trainer, stats, record):
+            if trainer.step == 3:
+                self.state = {k: v.detach().clone() for k, v in trainer.engine.module.state_dict().items()}
+
+    snap = Snapshot()
+    trainer.callbacks.insert(0, snap)
+    with pytest.raises(NonFiniteLossError, match="3 optimizer steps in a row"):
+        trainer.fit()
+    assert trainer.step == 6 and trainer.skipped_steps == 4
+    recs = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6]
+    assert [r["skipped_steps"] for r in recs] == [0, 1, 1, 2, 3, 4]
+    # the saved state is the last good one: the model after step 3, untouched by the skipped steps
+    from safetensors.torch import load_file
+    saved = load_file(str(tmp_path / "run" / "checkpoints" / "step_00000006" / "model.safetensors"))
+    assert saved.keys() == snap.state.keys()
+    assert all(torch.equal(saved[k], snap.state[k].float()) for k in saved)
