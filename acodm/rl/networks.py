@@ -3,8 +3,15 @@
 Trunk: Linear(in → H) + (L − 1) × Linear(H → H), each followed by LayerNorm + ReLU.
 Paper size: H = 1024, L = 5 (the input layer plus 4 hidden layers), ≈4.3M parameters for K = 22.
 Actor: trunk(s) → Linear(H → K) → softmax (a point on the simplex).
-Critic: trunk(s ‖ a) → Linear(H → num_outputs) (K outputs for the per-domain "paper" reward, 1 for
+Critic: trunk(s ‖ K·a) → Linear(H → num_outputs) (K outputs for the per-domain "paper" reward, 1 for
 the scalar "linear" reward).
+
+The critic sees the action scaled by K: simplex entries average 1/K (0.045 for K = 22) while the state's
+z-scored features are O(1), and after the first Linear + LayerNorm an unscaled action is nearly invisible
+(the critic's dQ/da ≈ 0 and the actor random-walks). With K·a (mean 1), in the synthetic environment of
+tests/test_mixers_synthetic.py the actor ended on the best domain in 6 of 6 seeds instead of 4 of 6
+(progress_scale=1), and 4 of 6 instead of 2 of 6 with the paper's ×100 progress feature. The scaling is
+inside the network, so parameter shapes are the paper's.
 """
 
 from __future__ import annotations
@@ -58,7 +65,8 @@ class Critic(nn.Module):
         self.head = nn.Linear(hidden_size, num_outputs)
 
     def forward(self, state_BS: torch.Tensor, action_BK: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(torch.cat([state_BS, action_BK], dim=-1)))  # (B, num_outputs)
+        # K·a: unit-mean action features, on the scale of the z-scored state (see the module docstring)
+        return self.head(self.trunk(torch.cat([state_BS, action_BK * self.num_domains], dim=-1)))  # (B, outputs)
 
 
 def count_parameters(module: nn.Module) -> int:
