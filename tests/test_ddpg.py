@@ -161,9 +161,11 @@ def test_warmup_fit_clones_behaviour_and_copies_targets():
     s = rng.normal(size=(64, 3)).astype(np.float32)
     a = np.tile(np.array([[0.8, 0.2]], dtype=np.float32), (64, 1))
     r = rng.normal(size=(64, 1)).astype(np.float32)
-    mse_before = float(((agent.policy(agent.actor, torch.tensor(s)) - torch.tensor(a)) ** 2).mean())
+    with torch.no_grad():
+        mse_before = float(((agent.policy(agent.actor, torch.tensor(s)) - torch.tensor(a)) ** 2).mean())
     agent.fit_warmup(s, a, r, epochs=10, batch_size=16, rng=rng, step=0)
-    mse_after = float(((agent.policy(agent.actor, torch.tensor(s)) - torch.tensor(a)) ** 2).mean())
+    with torch.no_grad():
+        mse_after = float(((agent.policy(agent.actor, torch.tensor(s)) - torch.tensor(a)) ** 2).mean())
     assert mse_after < 0.1 * mse_before
     for p, t in zip(agent.actor.parameters(), agent.actor_target.parameters()):
         assert torch.equal(p, t)
