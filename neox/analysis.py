@@ -277,6 +277,15 @@ def _pyplot():
     return plt
 
 
+def _log_y(ax: Any) -> None:
+    """Log-scale y with plain numbers (120, 200, 300) instead of 1.2x10^2: perplexities are read off."""
+    from matplotlib.ticker import LogFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
 def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     cols = min(n, max_cols)
     return -(-n // cols), cols
@@ -311,7 +320,7 @@ def _plot_val_ppl(runs: Sequence[RunMetrics], path: Path) -> None:
     for run in runs:
         steps, ppl = run.mean_val_ppl_series()
         ax.plot(steps, ppl, marker="o", markersize=3, label=run.name)
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("mean validation perplexity (unweighted over domains)")
     ax.set_title("validation perplexity")
@@ -330,7 +339,7 @@ def _plot_val_ppl_domains(runs: Sequence[RunMetrics], path: Path) -> None:
         for run in runs:
             steps, ppl = run.eval_series(f"val_ppl/{domain}")
             ax.plot(steps, ppl, marker="o", markersize=2, label=run.name)
-        ax.set_yscale("log")
+        _log_y(ax)
         ax.set_title(domain, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         if i % cols == 0:
@@ -504,7 +513,7 @@ def plot_run(run_dir: str | os.PathLike[str], out_png: str | os.PathLike[str]) -
     steps, ppl = run.mean_val_ppl_series()
     if steps:
         ax_p.plot(steps, ppl, color="black", linestyle="--", linewidth=2, label="mean")
-        ax_p.set_yscale("log")
+        _log_y(ax_p)
     else:
         ax_p.text(0.5, 0.5, "no eval records", ha="center", va="center", transform=ax_p.transAxes)
     ax_p.set_title(f"{run.name}: validation perplexity")

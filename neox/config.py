@@ -80,13 +80,12 @@ class MixingConfig:
     acodm: dict[str, Any] = field(default_factory=dict)
     acodm_frozen: dict[str, Any] = field(default_factory=dict)
     alignment: AlignmentSection = field(default_factory=AlignmentSection)
-    state_probes: int = 9  # AC-ODM state: norms of this many MLP output projections spread over depth
 
     def __post_init__(self) -> None:
         if self.method not in MIXING_METHODS:
             raise ConfigError(f"mixing.method must be one of {', '.join(MIXING_METHODS)}, got {self.method!r}"
                               + _suggest(self.method, MIXING_METHODS))
-        _positive(self, "mixing", ("update_interval_steps", "state_probes"))
+        _positive(self, "mixing", ("update_interval_steps",))
 
     @property
     def params(self) -> dict[str, Any]:

@@ -226,6 +226,11 @@ def run_lm_eval(model_dir: str | os.PathLike[str], tasks: Sequence[str], num_few
 
     manager = _task_manager(tasks, include_path)
     with hf_model_dir(model_dir) as hf_dir, _preserved_rng_state():
+        if not (hf_dir / "tokenizer.json").is_file() and not (hf_dir / "tokenizer_config.json").is_file():
+            # transformers would build an empty tokenizer for it, and lm-eval would fail deep inside.
+            raise EvalError(
+                f"{hf_dir} has no tokenizer (tokenizer.json / tokenizer_config.json); runs on synthetic token "
+                f"data have none. Export with: python tools/convert_to_hf.py RUN_DIR -o OUT --tokenizer PATH")
         model_args: dict[str, Any] = {"pretrained": str(hf_dir)}
         if dtype is not None:
             model_args["dtype"] = dtype

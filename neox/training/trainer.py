@@ -8,7 +8,6 @@ import json
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +204,9 @@ class Trainer:
 
         module = self.engine.module
         if self._state_probes is None:
-            self._state_probes = default_state_probes(module, count=self.cfg.mixing.state_probes)
+            # AC-ODM's state spec fixes how many probe matrices it reads (acodm.num_probe_layers, or the
+            # exported actor's count for a frozen run).
+            self._state_probes = default_state_probes(module, count=self.mixer.spec.num_probes)
         return probe_weight_norms(module, self._state_probes).double().cpu().numpy()
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -216,13 +217,12 @@ class Trainer:
         K = self.num_domains
         sums = torch.zeros(2 * K, dtype=torch.float64, device=self.device)
         self.engine.eval()
-        paused = self.statistics.alignment.paused() if self.statistics.alignment is not None else nullcontext()
-        with paused:
-            for tokens_BS1, domain_B in self.val.batches(dp_rank=self.topology.dp_rank, dp_size=self.topology.dp_size):
-                tokens_BS1, domain_B = tokens_BS1.to(self.device), domain_B.to(self.device)
-                loss_BS = per_token_loss(self.engine(tokens_BS1[:, :-1]), tokens_BS1[:, 1:]).double()
-                sums[:K].index_add_(0, domain_B, loss_BS.sum(dim=1))
-                sums[K:].index_add_(0, domain_B, torch.full_like(loss_BS[:, 0], loss_BS.shape[1]))
+        # The probe hooks ignore forwards without gradients, so evaluation needs no special handling.
+        for tokens_BS1, domain_B in self.val.batches(dp_rank=self.topology.dp_rank, dp_size=self.topology.dp_size):
+            tokens_BS1, domain_B = tokens_BS1.to(self.device), domain_B.to(self.device)
+            loss_BS = per_token_loss(self.engine(tokens_BS1[:, :-1]), tokens_BS1[:, 1:]).double()
+            sums[:K].index_add_(0, domain_B, loss_BS.sum(dim=1))
+            sums[K:].index_add_(0, domain_B, torch.full_like(loss_BS[:, 0], loss_BS.shape[1]))
         self.engine.train()
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sums)
