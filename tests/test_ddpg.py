@@ -96,6 +96,19 @@ def test_actor_is_actually_stepped():
     assert all(p.requires_grad for p in agent.critic.parameters())  # unfrozen again after the actor step
 
 
+def test_non_finite_batch_steps_nothing():
+    agent = DDPG(tiny_config(), seed=0)
+    before = copy.deepcopy(agent.state_dict())
+    s, a, r, s2 = batch(3)
+    r[0, 0] = np.nan
+    metrics = agent.update(s, a, r, s2, step=0)
+    assert metrics["mixer/ddpg_skipped"] == 1.0
+    for name in ("actor", "critic", "actor_target", "critic_target"):
+        for key, value in before[name].items():
+            assert torch.equal(agent.state_dict()[name][key], value)
+    assert agent.actor_opt.state_dict()["state"] == {}  # Adam's moments untouched
+
+
 def test_adam_l2_option_differs_from_adamw():
     s, a, r, s2 = batch(2)
     w = DDPG(tiny_config(optimizer="adamw"), seed=0)

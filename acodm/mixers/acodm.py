@@ -227,8 +227,12 @@ class ACODMMixer(Mixer):
                 self._warmup_fitted = True
             elif len(self.replay) >= self.config.batch_size:
                 metrics.update(self.ddpg.update(*self.replay.sample(self.config.batch_size, self.rng), step=t))
+                self._skipped_total += int(metrics["mixer/ddpg_skipped"])
             sigma = self.noise.sigma(t, self.total_steps)
-            explored = self.noise.perturb(self.ddpg.act(state), sigma, self.rng)
+            policy = self.ddpg.act(state)
+            if not np.all(np.isfinite(policy)):
+                self._skipped_total += 1  # apply_floor falls back to uniform; reported, never propagated
+            explored = self.noise.perturb(policy, sigma, self.rng)
             self._set_weights(explored)
             metrics["mixer/exploration"] = sigma
             metrics["mixer/warmup"] = 0.0

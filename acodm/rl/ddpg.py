@@ -138,6 +138,10 @@ class DDPG:
         # 2.-3. Critic regression to the target, critic step.
         q_BR = self.critic(s_BS, a_BK)
         critic_loss = torch.nn.functional.mse_loss(q_BR, target_BR)
+        if not torch.isfinite(critic_loss):
+            # Defence in depth (the mixer never stores non-finite transitions): a non-finite loss would
+            # poison both networks through Adam's moments, so nothing is stepped.
+            return {"mixer/ddpg_skipped": 1.0, "mixer/lr": lr}
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
@@ -158,6 +162,7 @@ class DDPG:
         polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.cfg.tau)
         self.num_updates += 1
         return {
+            "mixer/ddpg_skipped": 0.0,
             "mixer/critic_loss": float(critic_loss.detach()),
             "mixer/actor_loss": float(actor_loss.detach()),
             "mixer/q": float(q_BR.detach().mean()),
