@@ -139,3 +139,11 @@ def test_offline_dataset_and_code_execution_refusals(run_dir, tmp_path):
          "--out", str(tmp_path / "h.json")], env=offline_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--allow-code-execution" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_model_without_tokenizer_is_refused(tmp_path):
+    from neox.evaluation import EvalError
+
+    run = make_run(tmp_path / "synthetic", with_tokenizer=False)  # synthetic-data runs have no tokenizer
+    with pytest.raises(EvalError, match="has no tokenizer.*--tokenizer"):
+        run_lm_eval(run, ["acodm_tiny_mc"], include_path=TASKS_DIR)

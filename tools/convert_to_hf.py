@@ -10,6 +10,7 @@ AutoModelForCausalLM.from_pretrained(OUT_DIR) and AutoTokenizer.from_pretrained(
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
 
 import argparse
+import warnings
 
 from neox.export import DTYPES, ExportError, export_hf
 
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", action="store_true",
                         help="load the export with transformers and compare its logits with ours (fp32, CPU)")
     args = parser.parse_args(argv)
+    # One plain line per warning, without the source line Python's default format appends.
+    warnings.showwarning = lambda message, *_args, **_kw: print(f"convert_to_hf: warning: {message}", file=sys.stderr)
     try:
         out = export_hf(args.source, args.out, dtype=args.dtype, tokenizer=args.tokenizer, overwrite=args.overwrite)
     except ExportError as e:
