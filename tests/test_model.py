@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -132,20 +132,46 @@ def test_yaml_configs_match_the_pythia_table(size):
     assert ModelConfig(**section) == ModelConfig(**shape, **PYTHIA_COMMON)
 
 
-def test_model_info_tool_prints_total():
-    out = subprocess.run([sys.executable, str(REPO / "tools" / "model_info.py"),
-                          str(REPO / "configs" / "model" / "pythia_70m.yml"), "--seq-len", "1024"],
-                         capture_output=True, text=True, check=True).stdout
-    assert "total_params: 70426624" in out.splitlines()
-    assert "head_dim: 64" in out.splitlines() and "rotary_dims: 16" in out.splitlines()
+def test_model_info_tool_prints_total(capsys):
+    tool = _load_script("tools/model_info.py")
+    assert tool.main([str(REPO / "configs" / "model" / "pythia_70m.yml"), "--seq-len", "1024"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "total_params: 70426624" in lines
+    assert "head_dim: 64" in lines and "rotary_dims: 16" in lines
 
 
-def test_model_info_tool_rejects_unknown_keys(tmp_path):
+def test_model_info_tool_rejects_unknown_keys(tmp_path, capsys):
     bad = tmp_path / "bad.yml"
     bad.write_text("model:\n  num_layer: 3\n")
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "model_info.py"), str(bad)],
-                          capture_output=True, text=True)
-    assert proc.returncode != 0 and "num_layer" in proc.stderr and "num_layers" in proc.stderr
+    tool = _load_script("tools/model_info.py")
+    with pytest.raises(SystemExit) as exc:
+        tool.main([str(bad)])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert "num_layer" in err and "num_layers" in err
+
+
+def _load_script(relpath: str):
+    """Import a script from tools/ or benchmarks/ in-process (no interpreter start-up per test)."""
+    name = "_script_" + Path(relpath).stem
+    spec = importlib.util.spec_from_file_location(name, REPO / relpath)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_step_benchmark_runs(capsys):
+    pytest.importorskip("transformers")
+    bench = _load_script("benchmarks/train_step.py")
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--layers", "1", "--hidden", "32", "--heads", "2", "--vocab", "128", "--seq-len", "16",
+                           "--batch", "2", "--rounds", "2", "--steps-per-round", "1", "--warmup-steps", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "ours/theirs: median of per-round ratios" in out and "transformers (" in out
 
 
 def test_init_statistics():
