@@ -145,5 +145,5 @@ def test_model_without_tokenizer_is_refused(tmp_path):
     from neox.evaluation import EvalError
 
     run = make_run(tmp_path / "synthetic", with_tokenizer=False)  # synthetic-data runs have no tokenizer
-    with pytest.raises(EvalError, match="has no tokenizer.*--tokenizer"):
+    with pytest.raises(EvalError, match="has no tokenizer.*--tokenizer"), pytest.warns(UserWarning, match="no tokenizer"):
         run_lm_eval(run, ["acodm_tiny_mc"], include_path=TASKS_DIR)
