@@ -1,0 +1,472 @@
+"""Per-domain gradient alignment gathered in the ordinary backward pass (DESIGN.md section 6).
+
+For a linear probe layer y = x Wᵀ, domain k's weight gradient over one optimizer step is
+G_k = Σ_{t∈k} δ_tᵀ x_t, where x_t is the layer input of token t and δ_t the gradient of the SUM of
+per-token losses at the layer output. A forward hook saves x, a tensor hook on the output sees δ, and
+the per-domain statistic is accumulated right there, so no extra forward/backward is needed:
+
+- ``exact``:  G_k                         (K x out x in fp32 per probe; tests and small models)
+- ``sketch``: S_k = R_outᵀ G_k R_in = Σ_{t∈k} (δ_t R_out)ᵀ (x_t R_in)   (K x m_out x m_in fp32 per probe)
+  with R_out (out x m_out), R_in (in x m_in) drawn i.i.d. N(0, 1/m) from a seed that every rank shares.
+  Since E[R Rᵀ] = I and R_out, R_in are independent, E⟨S_i, S_j⟩ = ⟨G_i, G_j⟩ (unbiased). Cost per
+  micro-batch: two thin projections (tokens x in x m_in in the forward, tokens x out x m_out in the
+  backward) and K small (m_out x tokens_k x m_in) products; the forward keeps only tokens x m_in floats.
+
+``gram(packed, token_count_K)`` divides by the per-domain token counts (g_k = S_k / n_k is the gradient of
+domain k's MEAN loss) and returns ⟨g_i, g_j⟩ summed over probes; ``alignment_scores`` turns it into
+DoGE's / AC-ODM's W_i = ⟨g_i, Σ_j g_j⟩ (optionally without the self term, optionally / mean ‖g_k‖).
+Only the weight gradient is sketched; the bias gradient is left out (methods.md: "gradients of the MLP
+output projection" matrices).
+
+Accuracy / cost of the sketch (tiny GPT-NeoX: 4 layers, hidden 64, MLP 256, K = 4 domains, 3 probes
+= layers -1/-3/-5 resolved to 3, 1, 0 ... see below; 8 x 32 tokens per micro-batch, 2 micro-batches per
+step; corr = Pearson correlation of the sketched W_i with the exact W_i over 20 random (batch, seed)
+draws x K domains; memory = statistics + R for one probe layer of 256 -> 64; time = forward + backward of
+one micro-batch with the hooks, relative to no hooks). Measured on 2 CPU cores with
+``python -m acodm.alignment --measure``:
+
+    m_out x m_in | corr(W_sketch, W_exact) | rel. RMS error of Gram | bytes/probe | time/micro-batch
+    (table filled in from the measurement, see MEASURED below)
+
+Accuracy grows like 1 - O(1/m) for the correlation (the estimator's variance falls as 1/m_out + 1/m_in)
+while memory and communication grow like K·m_out·m_in and compute like tokens·(in·m_in + out·m_out).
+
+Semantics the trainer relies on:
+
+- ``begin_micro_batch(domain_BT, grad_scale)`` opens a micro-batch; the domain ids and scale are BOUND
+  TO THE FORWARD that follows (captured by the hook closure), so statistics stay correct however forwards
+  and backwards interleave (gradient accumulation, pipeline 1F1B). Domain ids < 0 mark tokens to ignore
+  (padding). Pass ``domain_BT`` as a CPU tensor when you have one (the loader does): sorting tokens by
+  domain happens there, with no device synchronisation.
+- Activation checkpointing: with non-reentrant checkpointing the forward runs with gradients enabled
+  and is recomputed inside the backward; the recompute is recognised (we are inside an autograd graph
+  task) and ignored, the original output's hook does the work. With reentrant checkpointing
+  (DeepSpeed's, ``torch.utils.checkpoint(use_reentrant=True)``) the first pass runs under ``no_grad``:
+  each probe then pushes the open micro-batch onto a per-probe FIFO, and the recompute inside the
+  backward pops the oldest entry, so the right domain ids are used even when micro-batches interleave
+  (pipeline parallelism). Evaluation forwards should run under ``model.eval()`` or after ``reset()``; a
+  ``no_grad`` forward of a module in training mode while a micro-batch is open is taken for a first
+  checkpoint pass (``reset()`` clears the FIFOs).
+- Tensor parallelism: a row- or column-parallel probe holds a slice of the in or out dimension. Give it
+  a ``ProbeSlice`` (constructor argument ``slices={name: ProbeSlice(...)}``, or an ``alignment_slice``
+  attribute on the module itself). Sketch mode then uses the matching rows of the full-size R, exact
+  mode writes into the slice of a full-size buffer, so the shards' ``packed()`` tensors simply add up in
+  the trainer's all-reduce (as data-parallel ranks' do). Probe outputs may be a tuple (output, bias):
+  the first element is hooked.
+- fp16/bf16: x and δ are cast to fp32 before any product; statistics are fp32. An fp16 overflow step
+  gives inf/NaN statistics, which the mixers skip.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+MODES = ("exact", "sketch")
+# Wrappers (DDP / DeepSpeed ``module.``, torch.compile ``_orig_mod.``) prefix module names; R seeds are
+# derived from the name without them so that every rank draws the same R whatever it wrapped.
+_WRAPPER_PREFIX = re.compile(r"^(?:(?:module|_orig_mod)\.)+")
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+# A negative integer written as a whole alternative of a group, "(-1|-3)", or between escaped dots, "\.-1\.".
+_NEGATIVE_INDEX = re.compile(r"(?<=[(|.])-(\d+)(?=[|)\\])")
+_PROJECTION_CHUNK_TOKENS = 4096  # rows projected at once: bounds the fp32 copy of a bf16 activation
+
+
+@dataclass
+class AlignmentConfig:
+    """How per-domain gradient statistics are gathered.
+
+    ``probe_pattern`` selects the probe layers: one regex or a list of them, searched (``re.search``)
+    in the model's module names; a list entry that is an exact module name selects that module. A
+    negative integer written as a whole alternative of a group (``layers\\.(-1|-3)\\.``) or between
+    escaped dots (``layers\\.-1\\.``) counts from the end: it becomes L + i, with L the number of layers
+    (``num_layers``, or 1 + the largest N in module names containing ``layers.N.``); an index deeper than
+    the model selects nothing (of -1/-3/-5 a 2-layer model gets layer 1 only). Default: the MLP
+    output projection of the last, third-last and fifth-last layers (methods.md, AC-ODM's reward).
+    """
+
+    mode: str = "sketch"  # "exact" (K x out x in per probe) | "sketch" (K x m_out x m_in per probe)
+    probe_pattern: str | list[str] = r"layers\.(-1|-3|-5)\.mlp\.dense_4h_to_h$"
+    sketch_out: int = 64  # m_out: columns of R_out; estimator variance ~ 1/m_out + 1/m_in
+    sketch_in: int = 64  # m_in: columns of R_in
+    seed: int = 1234  # R matrices are drawn from (seed, probe name): identical on every rank
+    num_layers: int | None = None  # resolves negative layer indices; None = counted from module names
+    # (pass it under pipeline parallelism, where a stage holds only some of the layers)
+    sequence_first: bool = False  # probe inputs are (T, B, in) instead of (B, T, in)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"alignment.mode must be one of {MODES}, got {self.mode!r}")
+        if self.sketch_out < 1 or self.sketch_in < 1:
+            raise ValueError(f"alignment.sketch_out and sketch_in must be >= 1, got {self.sketch_out}, {self.sketch_in}")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"alignment.num_layers must be >= 1 or None, got {self.num_layers}")
+        patterns = [self.probe_pattern] if isinstance(self.probe_pattern, str) else list(self.probe_pattern)
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise ValueError(f"alignment.probe_pattern must be a non-empty regex or list of regexes, got {self.probe_pattern!r}")
+
+
+@dataclass(frozen=True)
+class ProbeSlice:
+    """Which part of the full weight a tensor-parallel shard holds (offsets into the full dimensions).
+
+    Column-parallel linear: ``out_offset``/``out_full`` set (each shard has rows of W, the full input).
+    Row-parallel linear: ``in_offset``/``in_full`` set (each shard has columns of W and its input slice).
+    ``None`` for a full dimension means "not sharded".
+    """
+
+    out_offset: int = 0
+    out_full: int | None = None
+    in_offset: int = 0
+    in_full: int | None = None
+
+
+@dataclass
+class _MicroBatch:
+    """Domain bookkeeping of one micro-batch, shared by all probes; captured by each forward hook."""
+
+    shape: tuple[int, ...]  # leading shape the probe inputs must have: (B, T) or (T, B)
+    order: torch.Tensor  # (N_valid,) token indices (flattened in probe-input order) sorted by domain
+    segments: list[tuple[int, int, int]]  # (domain, start, end) into ``order``
+    grad_scale: float
+
+
+class _Probe:
+    def __init__(self, name: str, module: nn.Module, weight: torch.Tensor, slice_: ProbeSlice):
+        self.name = name
+        self.module = module
+        self.out_local, self.in_local = int(weight.shape[0]), int(weight.shape[1])
+        self.slice = slice_
+        self.out_full = slice_.out_full if slice_.out_full is not None else self.out_local
+        self.in_full = slice_.in_full if slice_.in_full is not None else self.in_local
+        if slice_.out_offset < 0 or slice_.out_offset + self.out_local > self.out_full:
+            raise ValueError(f"ProbeSlice for {name}: out slice [{slice_.out_offset}, +{self.out_local}) "
+                             f"does not fit in out_full={self.out_full}")
+        if slice_.in_offset < 0 or slice_.in_offset + self.in_local > self.in_full:
+            raise ValueError(f"ProbeSlice for {name}: in slice [{slice_.in_offset}, +{self.in_local}) "
+                             f"does not fit in in_full={self.in_full}")
+        self.r_out: torch.Tensor | None = None  # (out_local, m_out) rows of the full R_out
+        self.r_in: torch.Tensor | None = None  # (in_local, m_in)
+        self.stats: torch.Tensor | None = None  # exact (K, out_full, in_full) | sketch (K, m_out, m_in)
+        self.deferred: deque[_MicroBatch] = deque()  # reentrant-checkpoint first passes awaiting recompute
+        self.handle: Any = None
+
+
+def _canonical(name: str) -> str:
+    return _WRAPPER_PREFIX.sub("", name)
+
+
+def _weight_of(module: nn.Module) -> torch.Tensor | None:
+    w = getattr(module, "weight", None)
+    return w if isinstance(w, torch.Tensor) and w.dim() == 2 else None
+
+
+def _count_layers(model: nn.Module) -> int | None:
+    indices = [int(m.group(1)) for n, _ in model.named_modules() if (m := _LAYER_INDEX.search(n))]
+    return max(indices) + 1 if indices else None
+
+
+def _resolve_negative(pattern: str, num_layers: int | None) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if num_layers is None:
+            raise ValueError(f"probe pattern {pattern!r} uses a negative layer index but the model has no "
+                             "'layers.N.' module names; set AlignmentConfig.num_layers")
+        index = num_layers - int(m.group(1))
+        return str(index) if index >= 0 else "(?!)"  # deeper than the model: this alternative never matches
+
+    return _NEGATIVE_INDEX.sub(sub, pattern)
+
+
+def resolve_probes(model: nn.Module, pattern: str | Sequence[str], num_layers: int | None = None) -> list[str]:
+    """Module names (model order, no duplicates) of the 2-D-weight modules selected by ``pattern``.
+
+    See ``AlignmentConfig`` for the syntax. Raises ValueError listing candidate names if nothing matches.
+    """
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    modules = {n: m for n, m in model.named_modules() if _weight_of(m) is not None}
+    exact = {p for p in patterns if p in modules}
+    layers = num_layers if num_layers is not None else _count_layers(model)
+    regexes = [re.compile(_resolve_negative(p, layers)) for p in patterns if p not in exact]
+    names = [n for n in modules if n in exact or any(r.search(n) for r in regexes)]
+    if not names:
+        candidates = [n for n in modules if "dense" in n or "proj" in n] or list(modules)
+        raise ValueError(f"probe pattern {pattern!r} matches no module with a 2-D weight; candidates: "
+                         f"{candidates[:8]}{' ...' if len(candidates) > 8 else ''}")
+    return names
+
+
+def _gaussian(seed: int, name: str, which: str, rows: int, cols: int) -> torch.Tensor:
+    """(rows, cols) N(0, 1/cols) drawn on the CPU from (seed, canonical name, which): same on every rank."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed((seed * 1_000_003 + zlib.crc32(f"{_canonical(name)}|{which}".encode())) % (2**63))
+    return torch.randn(rows, cols, generator=g, dtype=torch.float32) / math.sqrt(cols)
+
+
+def _project(x_N: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """(N, d) @ (d, m) in fp32, in row chunks so a bf16 input is never copied to fp32 whole."""
+    if x_N.dtype == torch.float32:
+        return x_N @ r
+    out = torch.empty(x_N.shape[0], r.shape[1], dtype=torch.float32, device=x_N.device)
+    for s in range(0, x_N.shape[0], _PROJECTION_CHUNK_TOKENS):
+        out[s:s + _PROJECTION_CHUNK_TOKENS] = x_N[s:s + _PROJECTION_CHUNK_TOKENS].float() @ r
+    return out
+
+
+class GradientAlignment:
+    """Hooks on probe layers that accumulate per-domain weight-gradient statistics (exact or sketched)."""
+
+    def __init__(self, model: nn.Module, num_domains: int, cfg: AlignmentConfig,
+                 device: torch.device | str | None = None, slices: Mapping[str, ProbeSlice] | None = None):
+        if num_domains < 1:
+            raise ValueError(f"num_domains must be >= 1, got {num_domains}")
+        self.cfg = cfg
+        self.num_domains = num_domains
+        self.probe_names: list[str] = resolve_probes(model, cfg.probe_pattern, cfg.num_layers)
+        named = dict(model.named_modules())
+        slices = dict(slices or {})
+        unknown = set(slices) - set(self.probe_names)
+        if unknown:
+            raise ValueError(f"slices given for {sorted(unknown)}, which are not probes {self.probe_names}")
+        self._probes: list[_Probe] = []
+        for name in self.probe_names:
+            module = named[name]
+            weight = _weight_of(module)
+            assert weight is not None
+            slice_ = slices.get(name) or getattr(module, "alignment_slice", None) or ProbeSlice()
+            self._probes.append(_Probe(name, module, weight, slice_))
+        self.device = torch.device(device) if device is not None else _weight_of(self._probes[0].module).device
+        for p in self._probes:
+            if cfg.mode == "sketch":
+                # Draw the FULL R and take this shard's rows, so tensor-parallel shards sum to the full sketch.
+                p.r_out = _gaussian(cfg.seed, p.name, "out", p.out_full, cfg.sketch_out)[
+                    p.slice.out_offset:p.slice.out_offset + p.out_local].to(self.device)
+                p.r_in = _gaussian(cfg.seed, p.name, "in", p.in_full, cfg.sketch_in)[
+                    p.slice.in_offset:p.slice.in_offset + p.in_local].to(self.device)
+                shape = (num_domains, cfg.sketch_out, cfg.sketch_in)
+            else:
+                shape = (num_domains, p.out_full, p.in_full)
+            p.stats = torch.zeros(shape, dtype=torch.float32, device=self.device)
+            p.handle = p.module.register_forward_hook(self._make_forward_hook(p))
+        self._current: _MicroBatch | None = None
+
+    # ------------------------------------------------------------------ trainer API
+    def begin_micro_batch(self, domain_BT: torch.Tensor, grad_scale: float) -> None:
+        """Domain id of every token of the coming micro-batch (B, T); ids < 0 are ignored tokens.
+
+        ``grad_scale`` turns the backward's δ into the gradient of the SUM of per-token losses, e.g.
+        num_tokens_mb * grad_accum_steps / loss_scale for loss = mean / accum * loss_scale.
+        """
+        if not isinstance(domain_BT, torch.Tensor) or domain_BT.dim() != 2:
+            raise ValueError(f"domain_BT must be a 2-D (B, T) tensor of domain ids, got "
+                             f"{getattr(domain_BT, 'shape', type(domain_BT))}")
+        if not math.isfinite(grad_scale) or grad_scale <= 0:
+            raise ValueError(f"grad_scale must be a finite positive number, got {grad_scale}")
+        dom = domain_BT.detach().to("cpu", torch.long)
+        if self.cfg.sequence_first:
+            dom = dom.t()
+        dom_N = dom.reshape(-1)
+        if int(dom_N.max()) >= self.num_domains:
+            raise ValueError(f"domain_BT holds id {int(dom_N.max())} but num_domains={self.num_domains}")
+        valid = dom_N >= 0
+        idx = torch.nonzero(valid).squeeze(1)
+        dom_valid = dom_N[idx]
+        perm = torch.argsort(dom_valid, stable=True)
+        counts = torch.bincount(dom_valid, minlength=self.num_domains).tolist()
+        segments, start = [], 0
+        for k, c in enumerate(counts):
+            if c:
+                segments.append((k, start, start + c))
+                start += c
+        self._current = _MicroBatch(shape=tuple(dom.shape), order=idx[perm].to(self.device),
+                                    segments=segments, grad_scale=float(grad_scale))
+
+    def packed(self) -> torch.Tensor:
+        """Flat fp32 tensor of all statistics (probe order); all-reduce (sum) it across the whole job."""
+        return torch.cat([p.stats.reshape(-1) for p in self._probes])
+
+    def packed_numel(self) -> int:
+        return sum(p.stats.numel() for p in self._probes)
+
+    def gram(self, packed: torch.Tensor, token_count_K: Any) -> np.ndarray:
+        """(K, K) float64 Σ_probes ⟨g_i, g_j⟩ with g_k = S_k / n_k; rows/cols of absent domains are 0."""
+        if packed.numel() != self.packed_numel():
+            raise ValueError(f"packed has {packed.numel()} elements, expected packed_numel()={self.packed_numel()}")
+        n_K = np.asarray(token_count_K.cpu() if isinstance(token_count_K, torch.Tensor) else token_count_K,
+                         dtype=np.float64).reshape(-1)
+        if n_K.shape != (self.num_domains,) or (n_K < 0).any():
+            raise ValueError(f"token_count_K must be {self.num_domains} non-negative counts, got {n_K}")
+        inv_K = torch.from_numpy(np.where(n_K > 0, 1.0 / np.maximum(n_K, 1.0), 0.0))
+        flat = packed.detach().to("cpu", torch.float64)
+        gram_KK = torch.zeros(self.num_domains, self.num_domains, dtype=torch.float64)
+        offset = 0
+        for p in self._probes:
+            g_KF = flat[offset:offset + p.stats.numel()].reshape(self.num_domains, -1) * inv_K[:, None]
+            gram_KK += g_KF @ g_KF.T
+            offset += p.stats.numel()
+        return gram_KK.numpy()
+
+    def reset(self) -> None:
+        """Zero the statistics and forget open micro-batches: the next step starts here."""
+        for p in self._probes:
+            p.stats.zero_()
+            p.deferred.clear()
+        self._current = None
+
+    def remove(self) -> None:
+        """Unregister all hooks (statistics stay readable)."""
+        for p in self._probes:
+            if p.handle is not None:
+                p.handle.remove()
+                p.handle = None
+            p.deferred.clear()
+        self._current = None
+
+    def memory_bytes(self) -> int:
+        """Persistent bytes: statistics + R matrices. Saved activations add, per probe and micro-batch
+        until its backward, tokens x m_in x 4 (sketch) or nothing new (exact: a view of the input)."""
+        total = 0
+        for p in self._probes:
+            for t in (p.stats, p.r_out, p.r_in):
+                if t is not None:
+                    total += t.numel() * t.element_size()
+        return total
+
+    def state_dict(self) -> dict[str, Any]:
+        """Config, probe names and the statistics accumulated since the last reset() (R follows from seed)."""
+        return {"config": asdict(self.cfg), "num_domains": self.num_domains, "probe_names": list(self.probe_names),
+                "packed": self.packed().cpu()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        mine = self.state_dict()
+        for key in ("config", "num_domains", "probe_names"):
+            if state[key] != mine[key]:
+                raise ValueError(f"alignment state {key} {state[key]!r} does not match this run's {mine[key]!r}; "
+                                 "resume with the same alignment config and model")
+        offset = 0
+        for p in self._probes:
+            p.stats.copy_(state["packed"][offset:offset + p.stats.numel()].view_as(p.stats))
+            offset += p.stats.numel()
+
+    # ------------------------------------------------------------------ hooks
+    def _make_forward_hook(self, probe: _Probe):
+        def forward_hook(module: nn.Module, args: tuple, output: Any) -> None:
+            y = output[0] if isinstance(output, (tuple, list)) else output
+            if not isinstance(y, torch.Tensor):
+                return
+            if not y.requires_grad:
+                # A no_grad forward in training mode with an open micro-batch is the first pass of
+                # reentrant activation checkpointing; its recompute (inside the backward) pops this.
+                if not torch.is_grad_enabled() and module.training and self._current is not None:
+                    probe.deferred.append(self._current)
+                return
+            mb = self._current
+            # Inside a backward (a graph task is running) a forward is an activation-checkpoint recompute.
+            if torch._C._current_graph_task_id() != -1:
+                if not probe.deferred:
+                    return  # non-reentrant recompute: the original output already carries our hook
+                mb = probe.deferred.popleft()
+            if mb is None:
+                raise RuntimeError(f"probe {probe.name} ran a forward with gradients enabled but "
+                                   "begin_micro_batch() was not called since the last reset(); call "
+                                   "begin_micro_batch(domain_BT, grad_scale) before each training forward, "
+                                   "or run evaluation under torch.no_grad()")
+            x = args[0]
+            if tuple(x.shape[:-1]) != mb.shape or x.shape[-1] != probe.in_local:
+                raise ValueError(f"probe {probe.name} input has shape {tuple(x.shape)} but begin_micro_batch "
+                                 f"announced tokens {mb.shape} (set AlignmentConfig.sequence_first for (T, B) "
+                                 "layouts) and the layer has in_features={probe.in_local}")
+            x_N = x.detach().reshape(-1, probe.in_local)
+            # sketch: keep only (N, m_in) fp32; exact: keep a view of the input (no copy, cast later).
+            saved = [_project(x_N, probe.r_in) if probe.r_in is not None else x_N]
+
+            def grad_hook(grad: torch.Tensor) -> None:
+                if not saved:
+                    raise RuntimeError(f"probe {probe.name}: a second backward through the same graph "
+                                       "(retain_graph) is not supported by GradientAlignment")
+                self._accumulate(probe, mb, saved.pop(), grad)
+
+            y.register_hook(grad_hook)
+
+        return forward_hook
+
+    def _accumulate(self, probe: _Probe, mb: _MicroBatch, saved_N: torch.Tensor, grad: torch.Tensor) -> None:
+        d_N = grad.detach().reshape(-1, probe.out_local)
+        if probe.r_out is not None:  # sketch: gather the thin projections
+            d_sel = _project(d_N, probe.r_out).index_select(0, mb.order)  # (N_valid, m_out)
+            x_sel = saved_N.index_select(0, mb.order)  # (N_valid, m_in)
+            target = probe.stats
+        else:
+            d_sel = d_N.index_select(0, mb.order).float()  # (N_valid, out_local)
+            x_sel = saved_N.index_select(0, mb.order).float()  # (N_valid, in_local)
+            s = probe.slice
+            target = probe.stats[:, s.out_offset:s.out_offset + probe.out_local, s.in_offset:s.in_offset + probe.in_local]
+        for k, start, end in mb.segments:
+            target[k].addmm_(d_sel[start:end].T, x_sel[start:end], alpha=mb.grad_scale)
+
+
+def alignment_scores(gram: np.ndarray, exclude_self: bool = False, normalize: bool = False) -> np.ndarray:
+    """(K,) W_i = ⟨g_i, Σ_j g_j⟩ from the Gram matrix; minus ⟨g_i, g_i⟩ if ``exclude_self``; divided by
+    the mean ‖g_k‖ over present domains (non-zero diagonal) if ``normalize`` (AC-ODM's s_i, DoGE's W/μ)."""
+    gram = np.asarray(gram, dtype=np.float64)
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"gram must be a square (K, K) matrix, got shape {gram.shape}")
+    diag = np.diag(gram)
+    w = gram.sum(axis=1)
+    if exclude_self:
+        w = w - diag
+    if normalize:
+        present = diag > 0
+        mean_norm = float(np.sqrt(diag[present]).mean()) if present.any() else 0.0
+        w = w / mean_norm if mean_norm > 0 else np.zeros_like(w)
+    return w
+
+
+def default_state_probes(model: nn.Module, count: int = 9) -> list[str]:
+    """``count`` MLP output projections spread evenly over depth (AC-ODM's state, methods.md).
+
+    With fewer layers than ``count`` some layers repeat, so the state keeps its fixed size (the policy
+    transfers between model sizes only if the feature vector has the same length).
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    pattern = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.dense_4h_to_h$")
+    by_layer = sorted((int(m.group(1)), n) for n, mod in model.named_modules()
+                      if (m := pattern.search(n)) and _weight_of(mod) is not None)
+    if not by_layer:
+        raise ValueError("default_state_probes: model has no 'layers.N.mlp.dense_4h_to_h' module; pass probe "
+                         "names explicitly")
+    picks = np.round(np.linspace(0, len(by_layer) - 1, count)).astype(int)
+    return [by_layer[i][1] for i in picks]
+
+
+def probe_weight_norms(model: nn.Module, probes: str | Sequence[str], squared: bool = False) -> torch.Tensor:
+    """(P,) fp32 Frobenius norms of the probe weights, in the order given (names may repeat).
+
+    ``probes``: a pattern (see AlignmentConfig) or a list of module names/patterns. Under tensor
+    parallelism pass ``squared=True``: each shard's squared norm is a partial sum to all-reduce, then sqrt.
+    """
+    named = dict(model.named_modules())
+    if isinstance(probes, str):
+        names = resolve_probes(model, probes)
+    else:
+        names = []
+        for p in probes:
+            names.extend([p] if p in named else resolve_probes(model, p))
+    out = []
+    with torch.no_grad():
+        for n in names:
+            w = _weight_of(named[n])
+            if w is None:
+                raise ValueError(f"probe {n!r} has no 2-D weight")
+            out.append(w.detach().float().pow(2).sum().cpu())
+    sq = torch.stack(out)
+    return sq if squared else sq.sqrt()
