@@ -203,3 +203,19 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(synthetic_data, tmp_path
     saved = load_file(str(tmp_path / "run" / "checkpoints" / "step_00000006" / "model.safetensors"))
     assert saved.keys() == snap.state.keys()
     assert all(torch.equal(saved[k], snap.state[k].float()) for k in saved)
+
+
+def test_doremi_with_a_reference_model(synthetic_data, tmp_path):
+    """DoReMi reads a reference model from another run's checkpoint and is fed excess losses."""
+    ref_dir = tmp_path / "reference"
+    train_in_process(write_config(tmp_path / "ref.yml", tiny_config(synthetic_data, ref_dir)))
+    run_dir = tmp_path / "doremi"
+    cfg = tiny_config(synthetic_data, run_dir, mixing={"method": "doremi", "doremi": {"reference": str(ref_dir)}})
+    trainer = train_in_process(write_config(tmp_path / "d.yml", cfg))
+    assert trainer.statistics.reference_model is not None and trainer.statistics.alignment is None
+    recs = read_metrics(run_dir)
+    w = np.array([[r[f"weights/domain_0{k}"] for k in range(3)] for r in recs])
+    assert np.abs(w[-1] - w[0]).max() > 1e-3  # the excess losses moved the weights
+    with pytest.raises(ConfigError, match="mixing.doremi.reference"):
+        train_in_process(write_config(tmp_path / "e.yml", tiny_config(
+            synthetic_data, tmp_path / "e", mixing={"method": "doremi"})))
