@@ -36,32 +36,30 @@ class ExportError(ValueError):
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """The checkpoint directory for RUN_DIR, RUN_DIR/checkpoints or a checkpoint directory itself.
 
-    A run directory resolves through `checkpoints/latest`, which the trainer writes only after a
-    checkpoint is complete, so a half-written checkpoint is never picked.
+    Resolution is the trainer's own (neox.training.checkpoint): a run directory goes through
+    `checkpoints/latest`, which is written only after a checkpoint is complete.
     """
+    from neox.training.checkpoint import LATEST
+    from neox.training.checkpoint import resolve_checkpoint as trainer_resolve
+
     path = Path(path)
     if not path.exists():
         raise ExportError(f"{path} does not exist; pass a run directory or a checkpoint directory")
-    if (path / WEIGHTS_FILE).is_file():
-        return path
-    for ckpts in (path / "checkpoints", path):
-        latest = ckpts / "latest"
-        if latest.is_file():
-            name = latest.read_text().strip()
-            ckpt = ckpts / name
-            if not ckpt.is_dir():
-                raise ExportError(f"{latest} names {name!r}, but {ckpt} does not exist")
-            if not (ckpt / WEIGHTS_FILE).is_file():
-                raise ExportError(
-                    f"{ckpt} has no {WEIGHTS_FILE} (the consolidated fp32 weights the trainer writes); "
-                    f"it holds: {', '.join(sorted(p.name for p in ckpt.iterdir())[:8]) or 'nothing'}")
-            return ckpt
-    if path.name.startswith("step_") or (path / "trainer.json").exists():
-        raise ExportError(f"checkpoint {path} has no {WEIGHTS_FILE}; was it written by this trainer?")
-    raise ExportError(
-        f"no checkpoint found under {path}: expected {path}/checkpoints/latest (a run directory), "
-        f"{path}/latest (a checkpoints directory) or {path}/{WEIGHTS_FILE} (a checkpoint directory). "
-        f"Has the run saved a checkpoint yet (checkpoint.interval_steps)?")
+    if path.name == "checkpoints" and (path / LATEST).is_file():
+        path = path.parent
+    try:
+        ckpt = trainer_resolve(path)
+    except FileNotFoundError as e:
+        if path.name.startswith("step_") or (path / "trainer.json").exists():
+            contents = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
+            raise ExportError(f"checkpoint {path} has no {WEIGHTS_FILE} (or config.yml); it holds: {contents}") from None
+        raise ExportError(f"no checkpoint found under {path}: {e}. Has the run saved a checkpoint yet "
+                          f"(checkpoint.interval_steps)?") from None
+    if not (ckpt / WEIGHTS_FILE).is_file():
+        contents = ", ".join(sorted(p.name for p in ckpt.iterdir())[:8]) or "nothing"
+        raise ExportError(f"{ckpt} has no {WEIGHTS_FILE} (the consolidated fp32 weights the trainer writes); "
+                          f"it holds: {contents}")
+    return ckpt
 
 
 def load_checkpoint_config(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -98,6 +96,17 @@ def find_tokenizer(ckpt_dir: Path, explicit: str | os.PathLike[str] | None,
         if candidate.is_file():
             return candidate
     return None
+
+
+def _model_config(ckpt: Path) -> Any:
+    """The checkpoint's ModelConfig, validated as the trainer validates it."""
+    from neox.config import ConfigError
+    from neox.training.checkpoint import load_model_config
+
+    try:
+        return load_model_config(ckpt)
+    except (ConfigError, TypeError) as e:
+        raise ExportError(f"{ckpt}/config.yml: {e}") from None
 
 
 def _check_keys(weights: dict[str, torch.Tensor], hf_cfg: Any) -> None:
@@ -161,7 +170,6 @@ def export_hf(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
     """
     from safetensors.torch import load_file, save_file
 
-    from neox.model.config import ModelConfig
     from neox.model.gpt_neox import hf_config
 
     if dtype not in DTYPES:
@@ -174,10 +182,7 @@ def export_hf(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
 
     ckpt = resolve_checkpoint(source)
     run_cfg = load_checkpoint_config(ckpt)
-    try:
-        model_cfg = ModelConfig(**run_cfg["model"])
-    except TypeError as e:
-        raise ExportError(f"{ckpt}/config.yml: model section does not fit ModelConfig ({e})") from None
+    model_cfg = _model_config(ckpt)
     tokenizer_json = find_tokenizer(ckpt, tokenizer, run_cfg)
     pad_id = None
     if tokenizer_json is not None:
@@ -231,15 +236,11 @@ def export_hf(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
 def max_logit_diff(ckpt_dir: str | os.PathLike[str], hf_dir: str | os.PathLike[str],
                    input_ids: torch.Tensor) -> float:
     """max |our logits - transformers' logits| over a (B, T) batch of token ids, both in fp32 on CPU."""
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from neox.model.config import ModelConfig
-    from neox.model.gpt_neox import GPTNeoX
+    from neox.training.checkpoint import load_model
 
-    ckpt = resolve_checkpoint(ckpt_dir)
-    cfg = ModelConfig(**load_checkpoint_config(ckpt)["model"])
-    ours = GPTNeoX.from_hf_state_dict(cfg, load_file(str(ckpt / WEIGHTS_FILE))).float().eval()
+    ours = load_model(resolve_checkpoint(ckpt_dir)).float()  # the trainer's loader: fp32, eval mode
     theirs = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     logits_ours = ours(input_ids)  # (B, T, V)
     logits_theirs = theirs(input_ids).logits  # (B, T, V)
