@@ -6,7 +6,6 @@ statistics and the metrics record being assembled for that step) and at the end.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +132,24 @@ class CheckpointCallback(Callback):
         path = save_checkpoint(trainer)
         self._last_saved = trainer.step
         trainer.console(f"saved checkpoint {path} in {time.perf_counter() - started:.1f}s")
+        if trainer.cfg.eval.lm_eval_tasks and trainer.topology.is_main:
+            self._lm_eval(trainer, path)
+
+    @staticmethod
+    def _lm_eval(trainer: "Trainer", path) -> None:
+        """lm-eval on the checkpoint just written (rank 0; the other ranks wait at the next collective)."""
+        from neox.evaluation.lm_eval_runner import EvalError, lm_eval_record, run_lm_eval
+
+        ev = trainer.cfg.eval
+        try:
+            result = run_lm_eval(path, ev.lm_eval_tasks, limit=ev.lm_eval_limit, include_path=ev.lm_eval_include_path,
+                                 device=trainer.device.type)
+        except EvalError as e:  # a missing dataset must not end a training run
+            trainer.console(f"lm-eval at step {trainer.step} skipped: {e}")
+            return
+        record = {"kind": "lm_eval", "step": trainer.step, "tokens": trainer.tokens, **lm_eval_record(result)}
+        trainer.metrics.write(record)
+        trainer.console("lm-eval: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if "/" in k))
 
     def post_step(self, trainer: "Trainer", stats: ReducedStats, record: dict[str, Any]) -> None:
         interval = trainer.cfg.checkpoint.interval_steps
@@ -145,7 +162,3 @@ class CheckpointCallback(Callback):
 
     def save_now(self, trainer: "Trainer") -> None:
         self._save(trainer)
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
