@@ -205,6 +205,16 @@ def html_to_text(markup: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+# HTML manuals hold many redirect and index stubs ("The node you are looking for is at ..."); pages with
+# less text than this are dropped rather than diluting the domain.
+MIN_HTML_TEXT_BYTES = 256
+
+
+def html_page_text(markup: str) -> str:
+    text = html_to_text(markup)
+    return text if len(text.encode("utf-8")) >= MIN_HTML_TEXT_BYTES else ""
+
+
 def strip_yaml_front_matter(text: str) -> str:
     if text.startswith("---"):
         end = text.find("\n---", 3)
@@ -271,6 +281,7 @@ def strip_wikitext(text: str) -> str:
     text = re.sub(r"<[^>]+>", "", text)
     text = html.unescape(text)
     text = re.sub(r"^[*#:;]+\s*", "", text, flags=re.M)
+    text = re.sub(r"\(\s*(?:[;,]\s*)*\)", "", text)  # "( ; )" left where templates were removed
     text = re.sub(r"[ \t]+", " ", text)
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
@@ -494,7 +505,7 @@ DOMAINS: tuple[DomainSpec, ...] = (
         _deb("libpython3.11-testsuite", extract=_PY_FILES),
     )),
     DomainSpec("code_go", "Github", (
-        _deb("golang-1.19-src", extract=raw_files("usr/lib/go-1.19/src", "*.go", exclude=("/testdata/",))),
+        _deb("golang-1.19-src", extract=raw_files("usr/share/go-1.19/src", "*.go", exclude=("/testdata/",))),
     )),
     DomainSpec("code_c_perl", "Github", (
         _deb("libc6-dev", extract=_HEADERS),
@@ -514,18 +525,18 @@ DOMAINS: tuple[DomainSpec, ...] = (
         _deb("perl-doc", extract=perl_pod, label="pod"),
         _deb("git-doc", extract=raw_files("usr/share/doc/git-doc", "*.txt")),
         _deb("postgresql-doc-15", extract=raw_files("usr/share/doc/postgresql-doc-15/html", *_HTML,
-                                                    convert=html_to_text)),
-        _deb("sqlite3-doc", extract=raw_files("usr/share/doc/sqlite3", *_HTML, convert=html_to_text)),
+                                                    convert=html_page_text)),
+        _deb("sqlite3-doc", extract=raw_files("usr/share/doc/sqlite3", *_HTML, convert=html_page_text)),
         _deb("debian-reference-en", extract=raw_files("usr/share/debian-reference", "*.en.html",
-                                                      convert=html_to_text)),
+                                                      convert=html_page_text)),
         _deb("debian-policy", extract=raw_files("usr/share/doc/debian-policy", "*.rst.txt")),
         _deb("developers-reference", extract=raw_files("usr/share/developers-reference", "*.rst.txt")),
     )),
     DomainSpec("math", "ArXiv/DM Math", (
         _deb("pari-doc", extract=raw_files("usr/share/pari/doc", "usersch*.tex")),
-        _deb("maxima-doc", extract=raw_files("usr/share/doc/maxima-doc/html", *_HTML, convert=html_to_text)),
-        _deb("gap-doc", extract=raw_files("usr/share/gap/doc", *_HTML, convert=html_to_text)),
-        _deb("octave-doc", extract=raw_files("usr/share/doc/octave", *_HTML, convert=html_to_text)),
+        _deb("maxima-doc", extract=raw_files("usr/share/doc/maxima-doc/html", *_HTML, convert=html_page_text)),
+        _deb("gap-doc", extract=raw_files("usr/share/gap/doc", *_HTML, convert=html_page_text)),
+        _deb("octave-doc", extract=raw_files("usr/share/doc/octave", *_HTML, convert=html_page_text)),
     )),
     DomainSpec("dictionary", "-", tuple(
         _deb(pkg, extract=dictd_entries)
