@@ -56,7 +56,8 @@ class RotaryEmbedding(nn.Module):
         """(Re)compute the tables in fp32 on the buffers' device (after `to_empty`, or a dtype cast)."""
         device = self.cos_half.device
         d = self.rotary_dims
-        inv_freq = 1.0 / (self.base ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+        # inv_freq on the CPU then moved, as HF does, so GPU tables match HF's to the bit as well.
+        inv_freq = (1.0 / (self.base ** (torch.arange(0, d, 2, dtype=torch.float) / d))).to(device)
         pos = torch.arange(self.max_seq_len_tokens, device=device).float()
         freqs = pos[:, None] * inv_freq[None, :]  # (S, d/2)
         self.cos_half = freqs.cos()
