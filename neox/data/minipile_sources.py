@@ -267,21 +267,25 @@ def strip_wikitext(text: str) -> str:
     text = re.sub(r"<ref[^>]*>.*?</ref>", "", text, flags=re.S)
     text = _drop_nested(text, "{{", "}}")
     text = _drop_nested(text, "{|", "|}")
-    # [[File:...]] may nest links in its caption: drop innermost-first like templates.
+    # [[File:...]] captions may hold links: resolve innermost links first, then drop the file link.
+    media = r"(?:File|Image|Category|[a-z]{2,3}(?:-[a-z]+)?):"
     for _ in range(10):
-        text, n = re.subn(r"\[\[(?:File|Image|Category|[a-z]{2,3}(?:-[a-z]+)?):[^\[\]]*\]\]", "", text)
-        if n == 0:
+        before = text
+        text = re.sub(r"\[\[" + media + r"[^\[\]]*\]\]", "", text)
+        text = re.sub(r"\[\[(?!" + media + r")[^\[\]|]*\|([^\[\]]*)\]\]", r"\1", text)
+        text = re.sub(r"\[\[(?!" + media + r")([^\[\]]*)\]\]", r"\1", text)
+        if text == before:
             break
-    text = re.sub(r"\[\[[^\[\]|]*\|([^\[\]]*)\]\]", r"\1", text)
-    text = re.sub(r"\[\[([^\[\]]*)\]\]", r"\1", text)
     text = re.sub(r"\[https?://\S+ ([^\]]*)\]", r"\1", text)
     text = re.sub(r"\[https?://\S+\]", "", text)
     text = re.sub(r"'{2,}", "", text)
-    text = re.sub(r"^(=+)\s*(.*?)\s*\1\s*$", r"\2", text, flags=re.M)
+    text = re.sub(r"^(=+)[ \t]*(.*?)[ \t]*\1[ \t]*$", r"\2", text, flags=re.M)
     text = re.sub(r"<[^>]+>", "", text)
     text = html.unescape(text)
-    text = re.sub(r"^[*#:;]+\s*", "", text, flags=re.M)
-    text = re.sub(r"\(\s*(?:[;,]\s*)*\)", "", text)  # "( ; )" left where templates were removed
+    text = re.sub(r"^[*#:;]+[ \t]*", "", text, flags=re.M)
+    # "( ; )" and "(; born" are left where templates were removed.
+    text = re.sub(r"\(\s*(?:[;,]\s*)*\)", "", text)
+    text = re.sub(r"\(\s*(?:[;,]\s*)+", "(", text)
     text = re.sub(r"[ \t]+", " ", text)
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
