@@ -31,6 +31,7 @@ from test_alignment_common import (
 )
 
 K = 4  # domains; domain 3 is absent from the step in most tests
+PROBES_12 = r"layers\.(-1|-2)\.mlp\.dense_4h_to_h$"  # the last two layers of a TinyNeoX
 VOCAB = 64
 
 
@@ -213,8 +214,9 @@ def test_tensor_parallel_shards_add_up():
     # The slices argument overrides/replaces the module attribute.
     shard = Shard("row", 0, 7)
     del shard.proj.alignment_slice
-    torch.testing.assert_close(stats(shard, "exact", {"proj": ProbeSlice(in_offset=0, in_full=12)}).view(K, 10, 12)[:, :, 7:],
-                               torch.zeros(K, 10, 5))
+    told = stats(shard, "exact", {"proj": ProbeSlice(in_offset=0, in_full=12)}).view(K, 10, 12)
+    torch.testing.assert_close(told[:, :, 7:], torch.zeros(K, 10, 5))
+    assert torch.count_nonzero(told[:, :, :7]) > 0
 
 
 def test_probe_resolution():
@@ -289,7 +291,7 @@ def _dp_rank(rank, world_size):
     import torch.distributed as dist
 
     model = TinyNeoX(vocab=VOCAB, hidden=16, num_layers=3)
-    ga = GradientAlignment(model, K, AlignmentConfig(mode="exact", probe_pattern=r"layers\.(-1|-2)\.mlp\.dense_4h_to_h$"))
+    ga = GradientAlignment(model, K, AlignmentConfig(mode="exact", probe_pattern=PROBES_12))
     half = 4 // world_size
     local = [(ids[rank * half:(rank + 1) * half], dom[rank * half:(rank + 1) * half]) for ids, dom in _global_batch()]
     count_K = run_step(model, [ga], local, K)
@@ -301,7 +303,7 @@ def _dp_rank(rank, world_size):
 
 def test_data_parallel_two_processes_match_one():
     model = TinyNeoX(vocab=VOCAB, hidden=16, num_layers=3)
-    ga = GradientAlignment(model, K, AlignmentConfig(mode="exact", probe_pattern=r"layers\.(-1|-2)\.mlp\.dense_4h_to_h$"))
+    ga = GradientAlignment(model, K, AlignmentConfig(mode="exact", probe_pattern=PROBES_12))
     count_K = run_step(model, [ga], _global_batch(), K)
     one = ga.gram(ga.packed(), count_K)
     # Each rank's micro-batch loss is a mean over HALF the tokens: the grad_scale convention absorbs it.
@@ -320,10 +322,10 @@ def _deepspeed_rank(rank, world_size):
         model = TinyNeoX(vocab=VOCAB, hidden=16, num_layers=3)
         config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2,
                   "zero_optimization": {"stage": stage}, "bf16": {"enabled": bf16}, "gradient_clipping": 1.0,
-                  "zero_allow_untested_optimizer": True, "steps_per_print": 10**9}
+                  "steps_per_print": 10**9}  # torch.optim.AdamW needs no "zero_allow_untested_optimizer"
         engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2),
                                           config=config)
-        ga = GradientAlignment(engine.module, K, AlignmentConfig(mode="exact", probe_pattern=r"layers\.(-1|-2)\.mlp\.dense_4h_to_h$"))
+        ga = GradientAlignment(engine.module, K, AlignmentConfig(mode="exact", probe_pattern=PROBES_12))
         grams = []
         for step in range(2):  # the second step's statistics depend on the first optimizer step
             batch = make_micro_batches(20 + step, num_micro=2, batch=2 * world_size, seq_len=8, vocab=VOCAB,
@@ -349,7 +351,7 @@ def _deepspeed_rank(rank, world_size):
 def _plain_torch_reference(world_size):
     model = TinyNeoX(vocab=VOCAB, hidden=16, num_layers=3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    ga = GradientAlignment(model, K, AlignmentConfig(mode="exact", probe_pattern=r"layers\.(-1|-2)\.mlp\.dense_4h_to_h$"))
+    ga = GradientAlignment(model, K, AlignmentConfig(mode="exact", probe_pattern=PROBES_12))
     grams = []
     for step in range(2):
         batch = make_micro_batches(20 + step, num_micro=2, batch=2 * world_size, seq_len=8, vocab=VOCAB,
@@ -376,8 +378,10 @@ def test_deepspeed_zero_stages_match_plain_torch():
     out = ranks[0]
     reference = _plain_torch_reference(1)
     for name in ("zero0", "zero1", "zero2"):
-        assert rel_err(out[name], reference) <= 1e-4, name  # step 2 follows an Adam step: fp32 reduction order
-        assert rel_err(out[name][0], out["zero0"][0]) <= 1e-6, name
-    # bf16 model: x and δ carry 8 significant bits (relative rounding 2^-8 per element), so the fp32
-    # statistics built from them differ from the fp32 run by about 1e-2; the Gram is still fp32/float64.
-    assert rel_err(out["zero1_bf16"], out["zero0"]) <= 5e-2
+        # Measured: ZeRO-0 == plain torch bit for bit, ZeRO-1/2 5e-8 (the partitioned Adam step's fp32 order).
+        assert rel_err(out[name], reference) <= 1e-6, name
+    # bf16 model: x and δ carry 8 significant bits (relative rounding 2^-9 per element, plus a bf16 forward
+    # and an optimizer step on bf16 weights), so the fp32 statistics built from them differ from the fp32
+    # run by ~1e-3 (step 1) to ~5e-3 (step 2, measured); the Gram is still accumulated in fp32/float64.
+    bf16 = rel_err(out["zero1_bf16"], out["zero0"])
+    assert 1e-5 < bf16 <= 3e-2  # lower bound: bf16 really was in effect
