@@ -10,7 +10,7 @@ Layout written (atomically, via DIR.tmp-<pid> renamed at the end):
 Determinism: for the same downloaded packages (they are cached, so a cache makes rebuilds identical),
 documents are ordered by sha256(domain, id), exact duplicates are dropped, documents over 100 KB are cut
 into ~64 KB parts before the split (so no single file dominates validation), the per-domain byte cap keeps
-a prefix of that order, and parts are assigned to validation in the order of sha256(domain, "split", id)
+a prefix of that order (taking at most 1/8 of the cap from any one document), and parts are assigned to validation in the order of sha256(domain, "split", id)
 until max(5 %, a per-profile minimum) of the domain's bytes are held out.
 
 The domains and their sources are in `neox.data.minipile_sources` (domain -> sources -> extractor).
@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -153,7 +154,27 @@ class Fetcher:
         self.cache_dir = Path(cache_dir)
         self.log = log
         self._apt_updated = False
+        self._apt_lock = threading.Lock()
         self._tried_tools: set[str] = set()
+        # Outcome of each package fetch in this build (root and file, or why it failed), so a package that
+        # two sources read, or that prefetch() already tried, is fetched at most once.
+        self._outcomes: dict[Path, tuple[Path, str] | SourceUnavailable] = {}
+        self._locks: dict[Path, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def prefetch(self, sources: Sequence[Source], workers: int = 4) -> None:
+        """Download and unpack the packages of many sources concurrently (network and xz overlap);
+        failures are remembered and reported when the source is used."""
+        jobs = {self._package_dir(s, p): (s, p) for s in sources if s.kind != "local" for p in s.packages}
+
+        def one(job: tuple[Source, str]) -> None:
+            try:
+                self._fetch_package(*job)
+            except SourceUnavailable:
+                pass  # memoised in _outcomes
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one, jobs.values()))
 
     # ---- public
 
@@ -196,10 +217,26 @@ class Fetcher:
 
     def _fetch_package(self, source: Source, package: str) -> tuple[Path, str]:
         final = self._package_dir(source, package)
+        with self._locks_guard:
+            lock = self._locks.setdefault(final, threading.Lock())
+        with lock:
+            if final not in self._outcomes:
+                try:
+                    self._outcomes[final] = self._fetch_package_once(source, package, final)
+                except SourceUnavailable as exc:
+                    self._outcomes[final] = exc
+                except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:  # a corrupt download
+                    self._outcomes[final] = SourceUnavailable(f"unpacking {package} failed: {exc}")
+            outcome = self._outcomes[final]
+        if isinstance(outcome, SourceUnavailable):
+            raise outcome
+        return outcome
+
+    def _fetch_package_once(self, source: Source, package: str, final: Path) -> tuple[Path, str]:
         marker = final / ".complete"
         if marker.is_file():
             return final / "root", marker.read_text().strip()
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
@@ -246,12 +283,14 @@ class Fetcher:
         try:
             self._run(["apt-get", "download", package], cwd=tmp)
         except SourceUnavailable as exc:
-            # Empty or stale package lists: refresh once (needs root), then retry.
-            if self._apt_updated or os.geteuid() != 0 or not any(m in str(exc) for m in _APT_MISSING):
+            # Empty or stale package lists: refresh once per build (needs root), then retry.
+            if os.geteuid() != 0 or not any(m in str(exc) for m in _APT_MISSING):
                 raise
-            self._apt_updated = True
-            self.log("[minipile] apt-get update (package lists are empty or stale)")
-            self._apt(["apt-get", "update"], cwd=None)
+            with self._apt_lock:
+                if not self._apt_updated:
+                    self._apt_updated = True
+                    self.log("[minipile] apt-get update (package lists are empty or stale)")
+                    self._apt(["apt-get", "update"], cwd=None)
             self._run(["apt-get", "download", package], cwd=tmp)
         debs = sorted(tmp.glob("*.deb"))
         if len(debs) != 1:
@@ -400,7 +439,10 @@ def build_domain(spec: DomainSpec, config: BuildConfig, fetcher: Fetcher, log: L
                     result.duplicates_dropped += 1
                     continue
                 seen.add(digest)
-                for part_id, piece in _parts_of(stub[1], text):
+                # One long file (a 500 KB TeX manual) may fill at most 1/8 of a domain, so a small cap
+                # still samples many documents; at 50 MB per domain this limit never binds.
+                max_parts = max(1, config.cap_bytes // 8 // PART_BYTES)
+                for part_id, piece in _parts_of(stub[1], text)[:max_parts]:
                     size = len(piece.encode("utf-8"))
                     if total_bytes + size > config.cap_bytes:
                         result.capped = True
@@ -447,6 +489,8 @@ def build_minipile(config: BuildConfig, log: Log = _stderr) -> dict:
         raise MinipileError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
     config.cache_dir.mkdir(parents=True, exist_ok=True)
     fetcher = Fetcher(config.cache_dir, log)
+    wanted = [s for spec in config.domains for s in spec.sources if _source_matches(s, config.skip_sources) is None]
+    fetcher.prefetch(wanted, workers=max(4, config.workers))
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
