@@ -10,7 +10,6 @@ GPL, GFDL or CC-BY-SA); it is built on the user's machine by `tools/build_minipi
 
 from __future__ import annotations
 
-import base64
 import bz2
 import email
 import email.policy
