@@ -143,3 +143,24 @@ def test_wrong_probe_count_is_a_clear_error():
     stats.probe_norms = np.ones(5)
     with pytest.raises(ValueError, match="num_probe_layers"):
         mixer.observe(stats)
+
+
+def test_entropy_bonus_is_added_to_the_stored_reward():
+    from acodm.mixers.acodm import normalized_entropy
+
+    assert normalized_entropy(np.full(4, 0.25)) == pytest.approx(1.0)
+    assert normalized_entropy(np.array([1.0, 0.0, 0.0])) == pytest.approx(0.0, abs=1e-12)
+    beta = 0.7
+    mixer = build_mixer("acodm", DOMAINS, 20, 0, entropy_coef=beta, **SMALL)
+    rng = np.random.default_rng(0)
+    rewards = []
+    for t in range(1, 4):
+        action = mixer.weights()
+        stats = make_stats(t, rng)
+        mixer.observe(stats)
+        base = alignment_reward(stats.gram, stats.token_count > 0, action, "linear")
+        rewards.append(base + beta * normalized_entropy(action))
+    _, _, r, _ = mixer.replay.get(mixer.replay.ordered_indices())
+    np.testing.assert_allclose(r, np.asarray(rewards[1:]), rtol=1e-6)
+    with pytest.raises(ValueError, match="entropy_coef"):
+        build_mixer("acodm", DOMAINS, 20, 0, entropy_coef=-1.0, **SMALL)

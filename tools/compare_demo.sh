@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The demo-scale study behind `make compare`: the same demo_cpu.yml model, seed, data and step count with the
-# natural mixture, uniform, ODM, DoGE and AC-ODM (both reward forms), then tools/compare_runs.py.
+# natural mixture, uniform, ODM, DoGE and AC-ODM (both reward forms; the linear one with and without the
+# entropy bonus), then tools/compare_runs.py.
 #   STEPS=300 OUT=runs/compare bash tools/compare_demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-300}
 OUT=${OUT:-runs/compare}
-METHODS=${METHODS:-"natural uniform odm doge acodm_linear acodm_paper"}
+METHODS=${METHODS:-"natural uniform odm doge acodm_linear acodm_linear_entropy acodm_paper"}
 mkdir -p "$OUT"
 
 overrides_for() {
@@ -16,8 +17,9 @@ overrides_for() {
     uniform) echo "mixing.method=static mixing.static={kind: uniform}" ;;
     odm) echo "mixing.method=odm" ;;
     doge) echo "mixing.method=doge" ;;
-    acodm_linear) echo "mixing.method=acodm mixing.acodm.reward=linear" ;;
-    acodm_paper) echo "mixing.method=acodm mixing.acodm.reward=paper" ;;
+    acodm_linear) echo "mixing.method=acodm mixing.acodm.reward=linear mixing.acodm.entropy_coef=0.0" ;;
+    acodm_linear_entropy) echo "mixing.method=acodm mixing.acodm.reward=linear mixing.acodm.entropy_coef=1.0" ;;
+    acodm_paper) echo "mixing.method=acodm mixing.acodm.reward=paper mixing.acodm.entropy_coef=0.0" ;;
     *) echo "unknown method $1" >&2; exit 2 ;;
   esac
 }

@@ -58,6 +58,11 @@ def default_warmup_steps(total_steps: int) -> int:
 @dataclass
 class ACODMConfig:
     reward: str = "linear"  # "linear" (scalar surrogate, 1-output critic) | "paper" (per-domain z, K outputs)
+    # β of the entropy bonus r += β·H(a)/ln K. The linear surrogate is linear in a, so its maximiser on the
+    # simplex is a vertex: without a bonus the policy learns to put all weight on one domain (seen on the
+    # demo corpus, README "Results"). With it the per-step optimum is a ∝ exp(Ŵ·ln K/β), the closed form of
+    # DoGE's entropic mirror step. 0 = the paper's reward unchanged.
+    entropy_coef: float = 0.0
     progress_scale: float = 100.0  # progress feature = step/total × this (paper: 100, a percentage)
     num_probe_layers: int = 9  # P: state probe matrices the trainer reports (paper: 9); dim = 3K + 2P + 1
     warmup_steps: int | None = None  # behaviour-policy steps; None = 2% of total_steps (paper: 834)
@@ -89,6 +94,8 @@ class ACODMConfig:
             raise ValueError(f"mixing.warmup_steps must be >= 0 or null, got {self.warmup_steps}")
         if self.batch_size < 1:
             raise ValueError(f"mixing.batch_size must be >= 1, got {self.batch_size}")
+        if not (self.entropy_coef >= 0 and np.isfinite(self.entropy_coef)):
+            raise ValueError(f"mixing.entropy_coef must be a finite number >= 0, got {self.entropy_coef}")
         if not 0.0 <= self.warmup_alpha < 1.0:
             raise ValueError(f"mixing.warmup_alpha must be in [0, 1), got {self.warmup_alpha}")
 
@@ -139,6 +146,13 @@ def alignment_reward(
     # The replay buffer stores float32: a reward that is finite only in float64 would become inf there.
     ok = np.all(np.isfinite(reward)) and np.all(np.abs(reward) < 1e30)
     return reward if ok else None
+
+
+def normalized_entropy(weights: np.ndarray) -> float:
+    """H(w) / ln K in [0, 1] (1 = uniform), so the entropy bonus's scale does not depend on K."""
+    w = np.clip(np.asarray(weights, dtype=np.float64), 1e-300, None)
+    k = len(w)
+    return float(-(w * np.log(w)).sum() / np.log(k)) if k > 1 else 0.0
 
 
 class _WarmupBehaviour:
@@ -202,6 +216,8 @@ class ACODMMixer(Mixer):
         metrics: dict[str, float] = {}
 
         reward = alignment_reward(stats.gram, np.asarray(stats.token_count) > 0, action, self.config.reward)
+        if reward is not None and self.config.entropy_coef > 0:
+            reward = reward + self.config.entropy_coef * normalized_entropy(action)
         if reward is None:
             self._skipped_total += 1  # no transition this step (missing / non-finite Gram)
         else:
