@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from acodm.rl.networks import Actor
-from acodm.serialization import load_state
+from acodm.serialization import atomic_directory, load_state
 from acodm.state import StateSpec
 
 ACTOR_WEIGHTS = "actor.safetensors"
@@ -79,21 +77,9 @@ def export_actor(checkpoint_or_run: str | os.PathLike, out_dir: str | os.PathLik
         except ImportError:
             pass
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         save_file({k: v.contiguous().clone() for k, v in actor_sd.items()}, str(tmp / ACTOR_WEIGHTS))
         (tmp / ACTOR_METADATA).write_text(json.dumps(metadata, indent=1, default=str))
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "actor")
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

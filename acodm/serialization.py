@@ -11,16 +11,38 @@ temporary name next to the target and renamed into place, so a reader never sees
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling directory to fill; on success it replaces ``target`` in one rename (an
+    existing ``target`` is moved aside first and removed after), on failure it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rename(target, old / "previous")
+            os.rename(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 TENSORS_FILE = "tensors.safetensors"
 STATE_FILE = "state.json"
@@ -84,23 +106,11 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_state(directory: str | os.PathLike, state_dict: dict) -> None:
     """Write ``state_dict`` to ``directory`` atomically (replacing an existing one)."""
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state_dict, "", tensors)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         save_file(tensors, str(tmp / TENSORS_FILE))
         (tmp / STATE_FILE).write_text(json.dumps(tree, indent=1))
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rename(target, old / "state")
-            os.rename(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_state(directory: str | os.PathLike) -> dict:

@@ -17,6 +17,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks: intra-op threads only add synchronisation (10x slower on a loaded 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
     """Three random-token domains (vocab 256) in the preprocess layout, train and val splits."""

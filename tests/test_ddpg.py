@@ -11,13 +11,7 @@ from acodm.rl.exploration import LogitGaussianNoise
 from acodm.rl.networks import Actor, Critic, count_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny networks: intra-op threads only add synchronisation (10x slower on a loaded 2-core machine).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**overrides) -> DDPGConfig:

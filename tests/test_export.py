@@ -24,12 +24,7 @@ SMALL_NET = dict(hidden_size=24, num_hidden_layers=2, num_probe_layers=P, batch_
                  warmup_fit_epochs=2)  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def stats_sequence(n: int, seed: int = 0) -> list[StepStats]:
