@@ -15,6 +15,7 @@ epoch in use.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -22,6 +23,16 @@ import numpy as np
 
 class DataFileError(ValueError):
     """A token file or manifest on disk is missing, inconsistent, or does not fit the model."""
+
+
+def megatron_indexed_dataset():
+    """megatron-core's ``indexed_dataset`` module. Imported late (megatron.core's package import takes
+    seconds) and without the warnings about Transformer Engine / Apex kernels that it prints, which have
+    nothing to do with reading or writing token files."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+        from megatron.core.datasets import indexed_dataset
+    return indexed_dataset
 
 
 def open_indexed_dataset(path_prefix: str):
@@ -34,12 +45,8 @@ def open_indexed_dataset(path_prefix: str):
             f"data file {bin_path} is missing for index {idx_path}; the pair was copied incompletely "
             "or preprocessing was interrupted; re-run tools/preprocess_data.py"
         )
-    # Imported here: megatron.core's package import takes seconds and most users of neox.data
-    # (the plan, tests of the mixers) never touch a file.
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     try:
-        return IndexedDataset(path_prefix, mmap=True)
+        return megatron_indexed_dataset().IndexedDataset(path_prefix, mmap=True)
     except Exception as exc:  # megatron raises AssertionError/struct.error on a corrupt header
         raise DataFileError(f"cannot read {idx_path} as a megatron-core index: {exc!r}") from exc
 

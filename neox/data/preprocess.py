@@ -356,9 +356,9 @@ class _DomainWriters:
     """One IndexedDatasetBuilder per (split, domain), created on first use under a provisional name."""
 
     def __init__(self, out_dir: str, dtype) -> None:
-        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+        from neox.data.indexed import megatron_indexed_dataset
 
-        self._builder_cls = IndexedDatasetBuilder
+        self._builder_cls = megatron_indexed_dataset().IndexedDatasetBuilder
         self.out_dir = out_dir
         self.dtype = dtype
         self.builders: dict[tuple[str, str], object] = {}
@@ -483,7 +483,9 @@ def write_synthetic_domains(
     apart; id 0 is the end-of-document token that ends every document. The manifest records
     tokenizer name "synthetic" and sha256 null. Returns the manifest.
     """
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    from neox.data.indexed import megatron_indexed_dataset
+
+    IndexedDatasetBuilder = megatron_indexed_dataset().IndexedDatasetBuilder
 
     if num_domains < 1 or docs_per_domain < 1 or mean_doc_tokens < 1:
         raise ValueError("num_domains, docs_per_domain and mean_doc_tokens must be >= 1")
