@@ -31,9 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    import torch.distributed as dist
+
     from neox.training.trainer import Trainer  # deferred: torch/deepspeed imports are slow
 
-    Trainer(cfg).fit()
+    try:
+        Trainer(cfg).fit()
+    finally:
+        # Tear the process group down before the interpreter exits: gloo's threads otherwise race the
+        # exit and a rank can abort ("terminate called without an active exception") after a good run.
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
