@@ -29,7 +29,11 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
         self._wandb = None
         if cfg.wandb_project:
-            import wandb
+            try:
+                import wandb
+            except ImportError:
+                raise RuntimeError(f"logging.wandb_project={cfg.wandb_project!r} needs Weights & Biases: "
+                                   f"pip install wandb (or unset logging.wandb_project)") from None
 
             self._wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=config_dict,
                                      dir=str(run_dir), resume="allow")
