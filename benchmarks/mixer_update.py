@@ -94,18 +94,36 @@ def main() -> None:
     parser.add_argument("--num-probes", type=int, default=9)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    parser.add_argument("--no-train-step", action="store_true",
+                        help="skip the reference: one training step of configs/demo_cpu.yml (static mixing)")
     args = parser.parse_args()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     results = time_mixer_updates(args.num_domains, args.num_probes, args.repeats, args.device)
+    step_ms = None if args.no_train_step else 1e3 * demo_train_step_seconds(args.num_domains, args.repeats)
     print(f"one observe() per method: K={args.num_domains}, P={args.num_probes}, state dim "
           f"{3 * args.num_domains + 2 * args.num_probes + 1}, device {args.device}, torch threads "
           f"{torch.get_num_threads()}, {args.repeats} timed calls")  # fmt: skip
-    print(f"{'method':<14}{'median ms':>12}{'min ms':>10}{'max ms':>10}")
+    if step_ms is not None:
+        print(f"reference: one training step of configs/demo_cpu.yml (static mixing, {args.num_domains} synthetic "
+              f"domains, same process): {step_ms:.1f} ms")
+    print(f"{'method':<14}{'median ms':>12}{'min ms':>10}{'max ms':>10}"
+          + (f"{'/ demo step':>12}" if step_ms is not None else ""))
     for method, r in results.items():
-        print(f"{method:<14}{r['median_ms']:>12.3f}{r['min_ms']:>10.3f}{r['max_ms']:>10.3f}")
+        ratio = f"{r['median_ms'] / step_ms:>12.4f}" if step_ms is not None else ""
+        print(f"{method:<14}{r['median_ms']:>12.3f}{r['min_ms']:>10.3f}{r['max_ms']:>10.3f}{ratio}")
+
+
+def demo_train_step_seconds(num_domains: int, repeats: int) -> float:
+    """Median seconds of one optimizer step of demo_cpu.yml's model and batch with static mixing."""
+    from harness import ROOT, build_trainer, interleaved, synthetic_data
+
+    data = synthetic_data(num_domains=num_domains, vocab_size=4096)
+    trainer = build_trainer(ROOT / "configs" / "demo_cpu.yml", [f"data.path={data}", "data.tokenizer=null",
+                                                                  "mixing.method=static"])
+    return interleaved({"static": trainer}, rounds=max(3, repeats // 2))["static"]
 
 
 if __name__ == "__main__":

@@ -15,15 +15,19 @@ import argparse
 import statistics
 import time
 
+import numpy as np
+
 from harness import ROOT, build_trainer, interleaved, synthetic_data
 
 SHAPES = {
     # name: (config, overrides)
     "demo_cpu": ("configs/demo_cpu.yml", []),
+    # The paper's actor-critic (1024 x 5 blocks) at the Pythia shape.
     "pythia_70m@seq128": ("configs/demo_cpu.yml", [
         "model.num_layers=6", "model.hidden_size=512", "model.num_heads=8", "model.vocab_size=50277",
         "model.max_seq_len_tokens=2048", "data.seq_len_tokens=128", "data.global_batch_sequences=16",
-        "data.micro_batch_sequences=8", "data.tokenizer=null"]),
+        "data.micro_batch_sequences=8", "data.tokenizer=null", "mixing.acodm.hidden_size=1024",
+        "mixing.acodm.num_hidden_layers=5"]),
 }
 VARIANTS = {
     "static": ["mixing.method=static"],
@@ -50,6 +54,20 @@ def extra_memory_bytes(trainer) -> int:
         replay = trainer.mixer.replay
         total += sum(a.nbytes for a in (replay.states, replay.actions, replay.rewards, replay.next_states))
     return total
+
+
+def prefill_replay(trainer) -> None:
+    """Random transitions, so every timed step runs a full DDPG update on a minibatch (a run does once its
+    replay buffer holds ``batch_size`` transitions, i.e. from early in the run on)."""
+    mixer = trainer.mixer
+    replay = getattr(mixer, "replay", None)
+    if replay is None:
+        return
+    rng = np.random.default_rng(0)
+    k, dim = mixer.num_domains, mixer.spec.dim
+    for _ in range(mixer.config.batch_size):
+        action = rng.dirichlet(np.ones(k))
+        replay.add(rng.normal(size=dim), action, rng.normal(size=replay.rewards.shape[1]), rng.normal(size=dim))
 
 
 def breakdown(trainer, repeats: int) -> dict[str, float]:
@@ -83,8 +101,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--paper-networks", action="store_true",
-                        help="AC-ODM networks at paper size (1024 x 5) instead of demo_cpu.yml's")
     args = parser.parse_args()
     import torch
 
@@ -96,15 +112,18 @@ def main() -> None:
         data = synthetic_data(num_domains=4, vocab_size=vocab)
         common = [*shape_overrides, f"data.path={data}", f"device={args.device}", "data.tokenizer=null",
                   "mixing.acodm.num_probe_layers=4"]
-        if args.paper_networks:
-            common += ["mixing.acodm.hidden_size=1024", "mixing.acodm.num_hidden_layers=5"]
         trainers = {name: build_trainer(ROOT / config, common + extra) for name, extra in VARIANTS.items()}
+        for trainer in trainers.values():
+            prefill_replay(trainer)
         peak = {}
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         med = interleaved(trainers, rounds=args.rounds)
         n_params = sum(p.numel() for p in trainers["static"].engine.module.parameters())
-        print(f"\n{shape}: {n_params / 1e6:.1f}M params, batch {trainers['static'].cfg.data.global_batch_sequences} x "
+        acodm_cfg = trainers["acodm_sketch"].mixer.config
+        print(f"\n{shape}: {n_params / 1e6:.1f}M params, actor-critic {acodm_cfg.hidden_size} x "
+              f"{acodm_cfg.num_hidden_layers} (DDPG minibatch {acodm_cfg.batch_size}), "
+              f"batch {trainers['static'].cfg.data.global_batch_sequences} x "
               f"{trainers['static'].cfg.data.seq_len_tokens} tokens, device {args.device}, torch threads "
               f"{torch.get_num_threads()}, median of {args.rounds} interleaved steps")
         print(f"{'variant':<14}{'ms/step':>10}{'ratio to static':>17}{'extra memory MiB':>18}")
