@@ -39,7 +39,7 @@ class Topology:
 
     @property
     def dp_rank(self) -> int:
-        return self.rank // (self.pipe * self.tensor) if self.pipe * self.tensor > 1 else self.rank
+        return self.rank  # data parallelism only (build() refuses the rest): every rank is a replica
 
     @property
     def dp_size(self) -> int:
