@@ -219,3 +219,17 @@ def test_doremi_with_a_reference_model(synthetic_data, tmp_path):
     with pytest.raises(ConfigError, match="mixing.doremi.reference"):
         train_in_process(write_config(tmp_path / "e.yml", tiny_config(
             synthetic_data, tmp_path / "e", mixing={"method": "doremi"})))
+
+
+def test_data_from_another_tokenizer_is_refused(synthetic_data, tmp_path):
+    from neox.data import DataFileError
+
+    other = tmp_path / "tokenizer.json"
+    other.write_text("{}")  # any file whose sha256 differs from the manifest's (synthetic: none recorded)
+    cfg = write_config(tmp_path / "c.yml", tiny_config(synthetic_data, tmp_path / "run", data={"tokenizer": str(other)}))
+    with pytest.raises(DataFileError, match="tokenizer"):
+        train_in_process(cfg)
+    missing = write_config(tmp_path / "m.yml", tiny_config(synthetic_data, tmp_path / "run2",
+                                                           data={"tokenizer": str(tmp_path / "nope.json")}))
+    with pytest.raises(FileNotFoundError, match="data.tokenizer"):
+        train_in_process(missing)

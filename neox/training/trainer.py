@@ -49,12 +49,20 @@ class Trainer:
         self.skipped_steps = 0
 
         data = cfg.data
-        self.corpus = open_domains(data.path, split=data.train_split, seq_len_tokens=data.seq_len_tokens,
-                                   seed=cfg.seed, domains=data.domains, vocab_size=cfg.model.vocab_size)
+        tokenizer_sha = None
+        if data.tokenizer:
+            if not Path(data.tokenizer).is_file():
+                raise FileNotFoundError(f"data.tokenizer={data.tokenizer} does not exist; point it at the "
+                                        f"tokenizer.json the data was preprocessed with, or set it to null")
+            from neox.data.tokenizer import file_sha256
+
+            tokenizer_sha = file_sha256(data.tokenizer)  # the token files must come from this tokenizer
+        opened = dict(seq_len_tokens=data.seq_len_tokens, seed=cfg.seed, vocab_size=cfg.model.vocab_size,
+                      expected_tokenizer_sha256=tokenizer_sha)
+        self.corpus = open_domains(data.path, split=data.train_split, domains=data.domains, **opened)
         self.domains = list(self.corpus.names)
         self.num_domains = len(self.domains)
-        val_corpus = open_domains(data.path, split=data.val_split, seq_len_tokens=data.seq_len_tokens,
-                                  seed=cfg.seed, domains=self.domains, vocab_size=cfg.model.vocab_size)
+        val_corpus = open_domains(data.path, split=data.val_split, domains=self.domains, **opened)
         self.val = ValidationSet(val_corpus, samples_per_domain=cfg.eval.val_samples_per_domain,
                                  micro_batch_sequences=cfg.eval.micro_batch_sequences or data.micro_batch_sequences)
 
