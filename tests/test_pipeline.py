@@ -50,7 +50,7 @@ def _initial_state() -> dict[str, torch.Tensor]:
     return build_model(CFG).state_dict()
 
 
-def _pipeline_worker(rank: int, world_size: int, hf_state, steps) -> dict:
+def _pipeline_worker(rank: int, world_size: int, hf_state, steps, checkpoint_interval: int = 0) -> dict:
     import deepspeed
     import torch.distributed as dist
 
@@ -64,13 +64,17 @@ def _pipeline_worker(rank: int, world_size: int, hf_state, steps) -> dict:
     )
 
     deepspeed.init_distributed(dist_backend="gloo")
-    module = build_pipeline_module(CFG, num_stages=2, num_domains=NUM_DOMAINS, partition_method="uniform", seed=0)
+    module = build_pipeline_module(CFG, num_stages=2, num_domains=NUM_DOMAINS, partition_method="uniform", seed=0,
+                                   activation_checkpoint_interval=checkpoint_interval)
     load_hf_state_dict(module, hf_state, CFG.num_layers)
     alignment = stage_alignment(module, CFG, NUM_DOMAINS, ALIGN)
     if alignment is not None:
         # Same factor as the trainer: delta is d(mean loss / grad_accum)/dy; statistics are of the loss SUM.
         module.micro_batch_hook = lambda domain_B, seq_len: alignment.begin_micro_batch(
             domain_B[:, None].expand(-1, seq_len), grad_scale=domain_B.shape[0] * seq_len * GRAD_ACCUM)
+    forwards = [0]  # forward calls of the first transformer layer on this stage (2 per micro-batch if checkpointed)
+    next(m for m in module.children() if type(m).__name__ == "TransformerPipe").register_forward_hook(
+        lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     optimizer = torch.optim.AdamW(module.parameters(), lr=LR)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config={
         "train_batch_size": MICRO_B * GRAD_ACCUM, "train_micro_batch_size_per_gpu": MICRO_B,
@@ -88,7 +92,8 @@ def _pipeline_worker(rank: int, world_size: int, hf_state, steps) -> dict:
         dist.all_reduce(stats)  # the trainer's one collective over the whole job
         packed.append(stats)
     return {"losses": losses, "totals": totals, "packed": packed, "is_last": engine.is_last_stage(),
-            "probes": stage_probe_names(module, CFG, ALIGN.probe_pattern), "layers": layer_states_of(module)}
+            "probes": stage_probe_names(module, CFG, ALIGN.probe_pattern), "layers": layer_states_of(module),
+            "forwards": forwards[0]}
 
 
 def _reference(hf_state, steps) -> dict:
@@ -127,6 +132,7 @@ def _runs() -> tuple[list[dict], dict]:
 def test_pp2_losses_match_unsharded_training():
     pipe, ref = _runs()
     assert pipe[1]["is_last"] and not pipe[0]["is_last"]
+    assert [p["forwards"] for p in pipe] == [STEPS * GRAD_ACCUM] * 2
     for r in (0, 1):  # train_batch hands the last stage's loss to every stage
         assert pipe[r]["losses"] == pytest.approx(ref["losses"], rel=1e-5)
     # The weights moved (3 AdamW steps), so equal losses at steps 2-3 mean equal updates.
@@ -165,6 +171,18 @@ def test_alignment_statistics_summed_over_stages_match_unsharded():
         assert float(want.abs().sum()) > 0
         for r in (0, 1):  # after the all-reduce every rank holds the job's statistics
             torch.testing.assert_close(pipe[r]["packed"][step], want, rtol=1e-4, atol=1e-6)
+
+
+def test_pp2_activation_checkpointing_keeps_losses_and_alignment():
+    # DeepSpeed's reentrant checkpointing runs each stage forward twice (no_grad, then inside the
+    # backward); the probes must still bind each micro-batch's domains to its own recompute.
+    hf_state, steps = _initial_state(), _batches()
+    pipe = run_distributed(_pipeline_worker, 2, hf_state, steps[:2], 1, timeout_s=120)
+    _, ref = _runs()
+    assert [p["forwards"] for p in pipe] == [2 * 2 * GRAD_ACCUM] * 2  # each layer recomputed in the backward
+    assert pipe[1]["losses"] == pytest.approx(ref["losses"][:2], rel=1e-5)
+    for step in range(2):
+        torch.testing.assert_close(pipe[0]["packed"][step], ref["packed"][step], rtol=1e-4, atol=1e-6)
 
 
 def test_name_mapping_round_trip():

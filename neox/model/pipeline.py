@@ -206,6 +206,8 @@ def build_pipeline_module(cfg: ModelConfig, num_stages: int | None = None, topol
     Give ``num_stages`` (data parallelism = world / num_stages, DeepSpeed's PipeDataParallelTopology over
     the whole world) or a DeepSpeed ``topology`` (e.g. PipeModelDataParallelTopology(num_pp, num_mp,
     num_dp)). ``loss_fn`` defaults to ``DomainLoss(num_domains)``; the module keeps it as ``.loss_fn``.
+    ``activation_checkpoint_interval`` N > 0 checkpoints chunks of N spec layers that hold transformer
+    layers only (with N > 1 a chunk that includes the embedding or the final layer runs unchecked).
     torch.distributed must be initialised (deepspeed.init_distributed).
     """
     import torch.distributed as dist
@@ -233,7 +235,10 @@ def build_pipeline_module(cfg: ModelConfig, num_stages: int | None = None, topol
     cls = __getattr__("GPTNeoXPipeline")
     return cls(layers=specs, num_stages=None if topology is not None else num_stages, topology=topology,
                loss_fn=loss_fn, partition_method=partition_method,
-               activation_checkpoint_interval=activation_checkpoint_interval)
+               activation_checkpoint_interval=activation_checkpoint_interval,
+               # Reentrant checkpointing of a chunk whose inputs need no gradient (the embedding's token
+               # ids) would cut the graph: only chunks made entirely of transformer layers are checkpointed.
+               checkpointable_layers=[TransformerPipe.__name__])
 
 
 # --------------------------------------------------------------------------------------------------
