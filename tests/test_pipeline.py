@@ -7,7 +7,11 @@ with the same weights, micro-batches and optimizer.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -19,6 +23,7 @@ from neox.model.gpt_neox import GPTNeoX, build_model, per_token_loss
 from neox.model.pipeline import (
     hf_to_pipeline_layer_state,
     pipeline_to_hf_state_dict,
+    read_layer_checkpoints,
     spec_index_of_layer,
 )
 
@@ -50,7 +55,8 @@ def _initial_state() -> dict[str, torch.Tensor]:
     return build_model(CFG).state_dict()
 
 
-def _pipeline_worker(rank: int, world_size: int, hf_state, steps, checkpoint_interval: int = 0) -> dict:
+def _pipeline_worker(rank: int, world_size: int, hf_state, steps, checkpoint_interval: int = 0,
+                     save_dir: str | None = None) -> dict:
     import deepspeed
     import torch.distributed as dist
 
@@ -91,6 +97,8 @@ def _pipeline_worker(rank: int, world_size: int, hf_state, steps, checkpoint_int
         stats = job_packed(alignment, CFG, NUM_DOMAINS, ALIGN)
         dist.all_reduce(stats)  # the trainer's one collective over the whole job
         packed.append(stats)
+    if save_dir is not None:
+        engine.save_checkpoint(save_dir, tag="last")
     return {"losses": losses, "totals": totals, "packed": packed, "is_last": engine.is_last_stage(),
             "probes": stage_probe_names(module, CFG, ALIGN.probe_pattern), "layers": layer_states_of(module),
             "forwards": forwards[0]}
@@ -123,14 +131,16 @@ def _reference(hf_state, steps) -> dict:
 
 
 @functools.lru_cache(maxsize=1)
-def _runs() -> tuple[list[dict], dict]:
+def _runs() -> tuple[list[dict], dict, str]:
     hf_state, steps = _initial_state(), _batches()
-    pipe = run_distributed(_pipeline_worker, 2, hf_state, steps, timeout_s=120)
-    return pipe, _reference(hf_state, steps)
+    save_dir = tempfile.mkdtemp(prefix="test_pipeline_")
+    atexit.register(shutil.rmtree, save_dir, ignore_errors=True)
+    pipe = run_distributed(_pipeline_worker, 2, hf_state, steps, 0, save_dir, timeout_s=120)
+    return pipe, _reference(hf_state, steps), os.path.join(save_dir, "last")
 
 
 def test_pp2_losses_match_unsharded_training():
-    pipe, ref = _runs()
+    pipe, ref, _ = _runs()
     assert pipe[1]["is_last"] and not pipe[0]["is_last"]
     assert [p["forwards"] for p in pipe] == [STEPS * GRAD_ACCUM] * 2
     for r in (0, 1):  # train_batch hands the last stage's loss to every stage
@@ -140,7 +150,7 @@ def test_pp2_losses_match_unsharded_training():
 
 
 def test_pp2_trained_weights_match_after_name_mapping():
-    pipe, ref = _runs()
+    pipe, ref, _ = _runs()
     layers = {**pipe[0]["layers"], **pipe[1]["layers"]}
     assert sorted(layers) == list(range(CFG.num_layers + 2))
     assert set(pipe[0]["layers"]).isdisjoint(pipe[1]["layers"])
@@ -150,8 +160,18 @@ def test_pp2_trained_weights_match_after_name_mapping():
         torch.testing.assert_close(merged[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_stage_checkpoint_files_convert_to_hf_names():
+    _, ref, ckpt_dir = _runs()
+    merged = pipeline_to_hf_state_dict(read_layer_checkpoints(ckpt_dir), CFG.num_layers)
+    assert set(merged) == set(ref["state"])
+    for name, value in ref["state"].items():
+        torch.testing.assert_close(merged[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(FileNotFoundError, match="layer_XX"):
+        read_layer_checkpoints(os.path.dirname(ckpt_dir))
+
+
 def test_per_domain_loss_sums_on_last_stage_match_unsharded():
-    pipe, ref = _runs()
+    pipe, ref, _ = _runs()
     for got, want in zip(pipe[1]["totals"], ref["totals"]):
         torch.testing.assert_close(got["loss_sum"], want["loss_sum"], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got["token_count"], want["token_count"])
@@ -162,7 +182,7 @@ def test_per_domain_loss_sums_on_last_stage_match_unsharded():
 
 
 def test_alignment_statistics_summed_over_stages_match_unsharded():
-    pipe, ref = _runs()
+    pipe, ref, _ = _runs()
     # Each stage finds its own probe under the HF name the unsharded model uses.
     assert pipe[0]["probes"] == ["gpt_neox.layers.1.mlp.dense_4h_to_h"]
     assert pipe[1]["probes"] == ["gpt_neox.layers.3.mlp.dense_4h_to_h"]
@@ -178,7 +198,7 @@ def test_pp2_activation_checkpointing_keeps_losses_and_alignment():
     # backward); the probes must still bind each micro-batch's domains to its own recompute.
     hf_state, steps = _initial_state(), _batches()
     pipe = run_distributed(_pipeline_worker, 2, hf_state, steps[:2], 1, timeout_s=120)
-    _, ref = _runs()
+    _, ref, _ = _runs()
     assert [p["forwards"] for p in pipe] == [2 * 2 * GRAD_ACCUM] * 2  # each layer recomputed in the backward
     assert pipe[1]["losses"] == pytest.approx(ref["losses"][:2], rel=1e-5)
     for step in range(2):

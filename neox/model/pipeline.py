@@ -25,6 +25,8 @@ torch.manual_seed(seed); load HF weights with `load_hf_state_dict` to start from
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -54,6 +56,7 @@ __all__ = [
     "layer_states_of",
     "load_hf_state_dict",
     "pipeline_to_hf_state_dict",
+    "read_layer_checkpoints",
     "spec_index_of_layer",
     "stage_alignment",
     "stage_probe_names",
@@ -307,6 +310,28 @@ def layer_states_of(module: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
     for key, value in module.state_dict().items():
         index, rest = key.split(".", 1)
         out.setdefault(int(index), {})[rest] = value
+    return out
+
+
+_LAYER_FILE = re.compile(r"^layer_(\d+)(-model_\d+)?-model_states\.pt$")
+
+
+def read_layer_checkpoints(ckpt_dir: str | os.PathLike) -> dict[int, dict[str, torch.Tensor]]:
+    """{spec index: state dict} from the layer_XX-model_states.pt files that PipelineEngine.save_checkpoint
+    writes into ``{save_dir}/{tag}`` (one file per layer, by the stage holding it; CPU tensors). Feed the
+    result to `pipeline_to_hf_state_dict` for an HF-named model.safetensors."""
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for name in sorted(os.listdir(ckpt_dir)):
+        m = _LAYER_FILE.match(name)
+        if not m:
+            continue
+        if m.group(2):
+            raise ValueError(f"{os.path.join(ckpt_dir, name)} is a tensor-parallel shard; this reader handles "
+                             "pipeline-only checkpoints (gather the shards first)")
+        out[int(m.group(1))] = torch.load(os.path.join(ckpt_dir, name), map_location="cpu", weights_only=True)
+    if not out:
+        raise FileNotFoundError(f"no layer_XX-model_states.pt files in {ckpt_dir}; pass the checkpoint's tag "
+                                "directory (save_dir/tag) written by a pipeline-parallel run")
     return out
 
 
