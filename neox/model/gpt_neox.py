@@ -109,7 +109,7 @@ class Attention(nn.Module):
                            if cfg.rotary_dims > 0 else None)
 
     def forward(self, x_BTC: torch.Tensor) -> torch.Tensor:
-        B, T, C = x_BTC.shape
+        B, T, _ = x_BTC.shape
         if T > self.max_seq_len_tokens:
             raise ValueError(f"sequence length {T} exceeds model.max_seq_len_tokens={self.max_seq_len_tokens}; "
                              "raise model.max_seq_len_tokens or shorten the input")
@@ -127,7 +127,7 @@ class Attention(nn.Module):
                 _flash_attn_func()  # fail early and clearly if the package is missing
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)  # (B, H, T, D)
             y = y.transpose(1, 2)  # (B, T, H, D)
-        y = y.reshape(B, T, C)
+        y = y.reshape(B, T, self.num_heads * self.head_dim)  # (B, T, C); under tensor parallelism C/P
         return self.dense(y)
 
 

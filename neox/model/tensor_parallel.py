@@ -35,13 +35,7 @@ from torch import nn
 
 from acodm.alignment import ProbeSlice
 from neox.model.config import ConfigError
-from neox.model.gpt_neox import (
-    MLP,
-    GPTNeoX,
-    RotaryEmbedding,
-    _flash_attn_func,
-    build_model,
-)
+from neox.model.gpt_neox import MLP, Attention, GPTNeoX, RotaryEmbedding, build_model
 
 __all__ = [
     "ColumnParallelLinear",
@@ -355,17 +349,17 @@ def vocab_parallel_per_token_loss(logits_local_BTV: torch.Tensor, labels_BT: tor
 # The sharded GPT-NeoX
 # --------------------------------------------------------------------------------------------------
 
-class ParallelAttention(nn.Module):
+class ParallelAttention(Attention):
     """`Attention` over this rank's heads: qkv column-parallel, dense row-parallel.
 
     HF's fused qkv rows are laid out (heads, 3, head_dim), so a contiguous split of the rows is a split
     by whole heads (partition_stride 1): each rank attends with heads [rank*H/P, (rank+1)*H/P) and
-    `dense` sums the heads' contributions across ranks.
+    `dense` sums the heads' contributions across ranks. The forward is `Attention`'s, run on H/P heads.
     """
 
     def __init__(self, attention: nn.Module, tp_group: dist.ProcessGroup | None,
                  device: torch.device | str | None = None):
-        super().__init__()
+        nn.Module.__init__(self)  # not Attention.__init__: the projections here are the sharded ones
         size = _size(tp_group)
         hidden = attention.query_key_value.in_features
         self.num_heads = _divide(attention.num_heads, size, "model.num_heads")
@@ -378,26 +372,6 @@ class ParallelAttention(nn.Module):
         rot = attention.rotary_emb
         self.rotary_emb = (RotaryEmbedding(rot.rotary_dims, rot.max_seq_len_tokens, rot.base)
                            if rot is not None else None)
-
-    def forward(self, x_BTC: torch.Tensor) -> torch.Tensor:
-        # Same math as gpt_neox.Attention.forward, with H/P local heads.
-        B, T, _ = x_BTC.shape
-        if T > self.max_seq_len_tokens:
-            raise ValueError(f"sequence length {T} exceeds model.max_seq_len_tokens={self.max_seq_len_tokens}; "
-                             "raise model.max_seq_len_tokens or shorten the input")
-        qkv = self.query_key_value(x_BTC).view(B, T, self.num_heads, 3 * self.head_dim).transpose(1, 2)
-        q, k, v = qkv.split(self.head_dim, dim=-1)  # each (B, H/P, T, D)
-        if self.rotary_emb is not None:
-            q, k = self.rotary_emb(q), self.rotary_emb(k)
-        dropout_p = self.dropout if self.training else 0.0
-        if self.attention_impl == "flash" and x_BTC.is_cuda and x_BTC.dtype in (torch.bfloat16, torch.float16):
-            y = _flash_attn_func()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                   dropout_p=dropout_p, causal=True)  # (B, T, H/P, D)
-        else:
-            if self.attention_impl == "flash":
-                _flash_attn_func()
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True).transpose(1, 2)
-        return self.dense(y.reshape(B, T, self.num_heads * self.head_dim))
 
 
 def _shard(full: torch.Tensor, dim: int, rank: int, size: int) -> torch.Tensor:
