@@ -325,19 +325,7 @@ class GradientAlignment:
         """(K, K) float64 Σ_probes ⟨g_i, g_j⟩ with g_k = S_k / n_k; rows/cols of absent domains are 0."""
         if packed.numel() != self.packed_numel():
             raise ValueError(f"packed has {packed.numel()} elements, expected packed_numel()={self.packed_numel()}")
-        n_K = np.asarray(token_count_K.cpu() if isinstance(token_count_K, torch.Tensor) else token_count_K,
-                         dtype=np.float64).reshape(-1)
-        if n_K.shape != (self.num_domains,) or (n_K < 0).any():
-            raise ValueError(f"token_count_K must be {self.num_domains} non-negative counts, got {n_K}")
-        inv_K = torch.from_numpy(np.where(n_K > 0, 1.0 / np.maximum(n_K, 1.0), 0.0))
-        flat = packed.detach().to("cpu", torch.float64)
-        gram_KK = torch.zeros(self.num_domains, self.num_domains, dtype=torch.float64)
-        offset = 0
-        for p in self._probes:
-            g_KF = flat[offset:offset + p.stats.numel()].reshape(self.num_domains, -1) * inv_K[:, None]
-            gram_KK += g_KF @ g_KF.T
-            offset += p.stats.numel()
-        return gram_KK.numpy()
+        return packed_gram(packed, token_count_K, self.num_domains, [p.stats.numel() for p in self._probes])
 
     def reset(self) -> None:
         """Zero the statistics and forget open micro-batches: the next step starts here."""
@@ -437,6 +425,30 @@ class GradientAlignment:
                                  s.in_offset:s.in_offset + probe.in_local]  # this shard's block of G
         for k, start, end in mb.segments:
             target[k].addmm_(d_sel[start:end].T, x_sel[start:end], alpha=mb.grad_scale)
+
+
+def packed_gram(packed: torch.Tensor, token_count_K: Any, num_domains: int,
+                block_numels: Sequence[int]) -> np.ndarray:
+    """Gram matrix of packed statistics laid out as consecutive per-probe blocks of (K, ...) values.
+
+    (K, K) float64 Σ_blocks ⟨g_i, g_j⟩ with g_k = S_k / n_k (n_k: domain k's token count); rows and
+    columns of domains with no tokens are 0.
+    """
+    if packed.numel() != sum(block_numels):
+        raise ValueError(f"packed has {packed.numel()} elements, the blocks {sum(block_numels)}")
+    n_K = np.asarray(token_count_K.cpu() if isinstance(token_count_K, torch.Tensor) else token_count_K,
+                     dtype=np.float64).reshape(-1)
+    if n_K.shape != (num_domains,) or (n_K < 0).any():
+        raise ValueError(f"token_count_K must be {num_domains} non-negative counts, got {n_K}")
+    inv_K = torch.from_numpy(np.where(n_K > 0, 1.0 / np.maximum(n_K, 1.0), 0.0))
+    flat = packed.detach().to("cpu", torch.float64)
+    gram_KK = torch.zeros(num_domains, num_domains, dtype=torch.float64)
+    offset = 0
+    for numel in block_numels:
+        g_KF = flat[offset:offset + numel].reshape(num_domains, -1) * inv_K[:, None]
+        gram_KK += g_KF @ g_KF.T
+        offset += numel
+    return gram_KK.numpy()
 
 
 def alignment_scores(gram: np.ndarray, exclude_self: bool = False, normalize: bool = False) -> np.ndarray:

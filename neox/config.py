@@ -137,11 +137,22 @@ class ScheduleConfig:
 
 @dataclass
 class ParallelConfig:
-    pipe: int = 1
-    tensor: int = 1
+    pipe: int = 1  # pipeline stages (DeepSpeed PipelineModule + train_batch)
+    tensor: int = 1  # tensor-parallel ranks per replica (Megatron-style layers, neox/model/tensor_parallel.py)
+    # How the pipeline cuts the layer list into stages: "parameters" balances parameter counts (the
+    # embedding and the LM head weigh as much as several layers), "uniform" gives every stage as many layers.
+    partition_method: str = "parameters"
+    # Pipeline only: recompute every N transformer layers in the backward instead of storing activations.
+    activation_checkpoint_interval: int = 0
 
     def __post_init__(self) -> None:
         _positive(self, "parallel", ("pipe", "tensor"))
+        if self.partition_method not in ("parameters", "uniform"):
+            raise ConfigError(f"parallel.partition_method must be parameters or uniform, got "
+                              f"{self.partition_method!r}")
+        if self.activation_checkpoint_interval < 0:
+            raise ConfigError(f"parallel.activation_checkpoint_interval must be >= 0, got "
+                              f"{self.activation_checkpoint_interval}")
 
 
 @dataclass
@@ -224,12 +235,31 @@ class ExperimentConfig:
         if self.data.seq_len_tokens > self.model.max_seq_len_tokens:
             raise ConfigError(f"data.seq_len_tokens ({self.data.seq_len_tokens}) exceeds "
                               f"model.max_seq_len_tokens ({self.model.max_seq_len_tokens})")
-        if self.model.num_heads % self.parallel.tensor:
-            raise ConfigError(f"model.num_heads ({self.model.num_heads}) must be divisible by parallel.tensor "
-                              f"({self.parallel.tensor})")
-        if self.model.num_layers < self.parallel.pipe:
-            raise ConfigError(f"model.num_layers ({self.model.num_layers}) must be >= parallel.pipe "
-                              f"({self.parallel.pipe})")
+        self._check_layout(stage)
+
+    def _check_layout(self, zero_stage: int) -> None:
+        """Model-parallel layouts the model cannot be cut into are refused here, with the numbers."""
+        pipe, tensor, m = self.parallel.pipe, self.parallel.tensor, self.model
+        if pipe > 1 and tensor > 1:
+            raise ConfigError(f"parallel.pipe={pipe} with parallel.tensor={tensor}: pipeline and tensor "
+                              f"parallelism together are not supported; use one of them (with data parallelism)")
+        if m.num_layers < pipe:
+            raise ConfigError(f"model.num_layers ({m.num_layers}) must be >= parallel.pipe ({pipe}): every "
+                              f"stage needs at least one transformer layer")
+        if pipe > 1 and zero_stage > 1:
+            raise ConfigError(f"parallel.pipe={pipe} needs deepspeed.zero_optimization.stage 0 or 1 (DeepSpeed's "
+                              f"pipeline engine does not support stage {zero_stage})")
+        if pipe > 1 and self.mixing.method == "doremi":
+            raise ConfigError("mixing.method=doremi with parallel.pipe > 1: the reference model's losses need the "
+                              "input tokens on the last stage; use parallel.tensor or data parallelism for DoReMi")
+        if tensor > 1:
+            for what, value in (("model.num_heads", m.num_heads), ("model.intermediate_size (ffn size)", m.ffn_size),
+                                ("the padded vocabulary (model.vocab_size rounded up to "
+                                 "model.make_vocab_size_divisible_by)", m.padded_vocab_size)):
+                if value % tensor:
+                    raise ConfigError(f"{what} ({value}) must be divisible by parallel.tensor ({tensor})")
+            if m.dropout > 0:
+                raise ConfigError(f"parallel.tensor={tensor} needs model.dropout == 0, got {m.dropout}")
 
     def check_world_size(self, world_size: int) -> int:
         """Data-parallel size for this many processes; refuses layouts that do not divide it."""

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 from distributed import run_distributed
@@ -62,10 +63,9 @@ def _pipeline_worker(rank: int, world_size: int, hf_state, steps, checkpoint_int
 
     from neox.model.pipeline import (
         build_pipeline_module,
-        job_packed,
         layer_states_of,
         load_hf_state_dict,
-        stage_alignment,
+        PipelineAlignment,
         stage_probe_names,
     )
 
@@ -73,8 +73,8 @@ def _pipeline_worker(rank: int, world_size: int, hf_state, steps, checkpoint_int
     module = build_pipeline_module(CFG, num_stages=2, num_domains=NUM_DOMAINS, partition_method="uniform", seed=0,
                                    activation_checkpoint_interval=checkpoint_interval)
     load_hf_state_dict(module, hf_state, CFG.num_layers)
-    alignment = stage_alignment(module, CFG, NUM_DOMAINS, ALIGN)
-    if alignment is not None:
+    alignment = PipelineAlignment(module, CFG, NUM_DOMAINS, ALIGN)
+    if alignment.local is not None:
         # Same factor as the trainer: delta is d(mean loss / grad_accum)/dy; statistics are of the loss SUM.
         module.micro_batch_hook = lambda domain_B, seq_len: alignment.begin_micro_batch(
             domain_B[:, None].expand(-1, seq_len), grad_scale=domain_B.shape[0] * seq_len * GRAD_ACCUM)
@@ -86,20 +86,21 @@ def _pipeline_worker(rank: int, world_size: int, hf_state, steps, checkpoint_int
         "train_batch_size": MICRO_B * GRAD_ACCUM, "train_micro_batch_size_per_gpu": MICRO_B,
         "gradient_accumulation_steps": GRAD_ACCUM, "steps_per_print": 10**9, "zero_optimization": {"stage": 1},
         "gradient_clipping": 0.0})  # DeepSpeed clips at 1.0 unless told; the reference does not clip
-    losses, totals, packed = [], [], []
+    losses, totals, packed, grams = [], [], [], []
     for mbs in steps:
         module.loss_fn.reset()
-        if alignment is not None:
-            alignment.reset()
+        alignment.reset()
         data = iter([((ids, dom), (labels, dom)) for ids, labels, dom in mbs])
         losses.append(float(engine.train_batch(data_iter=data)))
         totals.append(module.loss_fn.totals())
-        stats = job_packed(alignment, CFG, NUM_DOMAINS, ALIGN)
+        stats = alignment.packed()
         dist.all_reduce(stats)  # the trainer's one collective over the whole job
         packed.append(stats)
+        if engine.is_last_stage():  # the stage that has the token counts
+            grams.append(alignment.gram(stats, module.loss_fn.totals()["token_count"]))
     if save_dir is not None:
         engine.save_checkpoint(save_dir, tag="last")
-    return {"losses": losses, "totals": totals, "packed": packed, "is_last": engine.is_last_stage(),
+    return {"losses": losses, "totals": totals, "packed": packed, "grams": grams, "is_last": engine.is_last_stage(),
             "probes": stage_probe_names(module, CFG, ALIGN.probe_pattern), "layers": layer_states_of(module),
             "forwards": forwards[0]}
 
@@ -108,7 +109,7 @@ def _reference(hf_state, steps) -> dict:
     model = GPTNeoX.from_hf_state_dict(CFG, {k: v.clone() for k, v in hf_state.items()})  # assigns, not copies
     alignment = GradientAlignment(model, NUM_DOMAINS, ALIGN)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    losses, totals, packed = [], [], []
+    losses, totals, packed, grams = [], [], [], []
     for mbs in steps:
         alignment.reset()
         loss_sum = torch.zeros(NUM_DOMAINS, dtype=torch.float64)
@@ -126,7 +127,8 @@ def _reference(hf_state, steps) -> dict:
         losses.append(step_loss)
         totals.append({"loss_sum": loss_sum, "token_count": token_count})
         packed.append(alignment.packed().clone())
-    return {"losses": losses, "totals": totals, "packed": packed, "state": model.state_dict(),
+        grams.append(alignment.gram(packed[-1], token_count))
+    return {"losses": losses, "totals": totals, "packed": packed, "grams": grams, "state": model.state_dict(),
             "probes": alignment.probe_names}
 
 
@@ -191,6 +193,10 @@ def test_alignment_statistics_summed_over_stages_match_unsharded():
         assert float(want.abs().sum()) > 0
         for r in (0, 1):  # after the all-reduce every rank holds the job's statistics
             torch.testing.assert_close(pipe[r]["packed"][step], want, rtol=1e-4, atol=1e-6)
+    # The Gram matrix read from the job-wide layout equals the unsharded model's.
+    assert pipe[0]["grams"] == [] and len(pipe[1]["grams"]) == len(ref["grams"])
+    for got, want in zip(pipe[1]["grams"], ref["grams"]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-10)
 
 
 def test_pp2_activation_checkpointing_keeps_losses_and_alignment():

@@ -15,8 +15,8 @@ Gradient alignment on a stage: `micro_batch_hook` on the module is called with (
 before every forward of that stage (1F1B interleaving is fine: the hooks bind the domain ids to the forward
 they precede); `stage_alignment` builds a GradientAlignment over this stage's probes under HF names, so
 patterns, negative layer indices and sketch matrices are the same as in the unsharded model, and
-`job_packed` places its statistics into a buffer laid out for the whole model, so one all-reduce over the
-job sums every stage's (and data-parallel rank's) share.
+`PipelineAlignment` places its statistics into a buffer laid out for the whole model, so one all-reduce
+over the job sums every stage's (and data-parallel rank's) share.
 
 Initialisation: spec index s is initialised with `init_weights` under the RNG seed (seed, s), so the
 weights do not depend on the number of stages or the partition (they are not those of `build_model` under
@@ -47,12 +47,12 @@ __all__ = [
     "DomainLoss",
     "EmbeddingPipe",
     "FinalPipe",
+    "PipelineAlignment",
     "TransformerPipe",
     "build_pipeline_module",
     "global_probe_names",
     "hf_named_view",
     "hf_to_pipeline_layer_state",
-    "job_packed",
     "layer_states_of",
     "load_hf_state_dict",
     "pipeline_to_hf_state_dict",
@@ -203,7 +203,7 @@ def __getattr__(name: str):
 def build_pipeline_module(cfg: ModelConfig, num_stages: int | None = None, topology: Any = None, *,
                           loss_fn: DomainLoss | Callable | None = None, num_domains: int | None = None,
                           partition_method: str = "parameters", seed: int = 1234,
-                          activation_checkpoint_interval: int = 0):
+                          activation_checkpoint_interval: int = 0, dynamic_shape: bool = False):
     """GPTNeoXPipeline (a deepspeed.pipe.PipelineModule) holding this rank's stage.
 
     Give ``num_stages`` (data parallelism = world / num_stages, DeepSpeed's PipeDataParallelTopology over
@@ -211,6 +211,8 @@ def build_pipeline_module(cfg: ModelConfig, num_stages: int | None = None, topol
     num_dp)). ``loss_fn`` defaults to ``DomainLoss(num_domains)``; the module keeps it as ``.loss_fn``.
     ``activation_checkpoint_interval`` N > 0 checkpoints chunks of N spec layers that hold transformer
     layers only (with N > 1 a chunk that includes the embedding or the final layer runs unchecked).
+    ``dynamic_shape`` lets micro-batches change shape between calls (DeepSpeed then sends each
+    activation's shape ahead of it): needed when evaluation batches differ from training ones.
     torch.distributed must be initialised (deepspeed.init_distributed).
     """
     import torch.distributed as dist
@@ -238,7 +240,7 @@ def build_pipeline_module(cfg: ModelConfig, num_stages: int | None = None, topol
     cls = __getattr__("GPTNeoXPipeline")
     return cls(layers=specs, num_stages=None if topology is not None else num_stages, topology=topology,
                loss_fn=loss_fn, partition_method=partition_method,
-               activation_checkpoint_interval=activation_checkpoint_interval,
+               activation_checkpoint_interval=activation_checkpoint_interval, dynamic_shape=dynamic_shape,
                # Reentrant checkpointing of a chunk whose inputs need no gradient (the embedding's token
                # ids) would cut the graph: only chunks made entirely of transformer layers are checkpointed.
                checkpointable_layers=[TransformerPipe.__name__])
@@ -313,7 +315,7 @@ def layer_states_of(module: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
     return out
 
 
-_LAYER_FILE = re.compile(r"^layer_(\d+)(-model_\d+)?-model_states\.pt$")
+_LAYER_FILE = re.compile(r"^layer_(\d+)(?:-model_(\d+))?-model_states\.pt$")
 
 
 def read_layer_checkpoints(ckpt_dir: str | os.PathLike) -> dict[int, dict[str, torch.Tensor]]:
@@ -325,7 +327,7 @@ def read_layer_checkpoints(ckpt_dir: str | os.PathLike) -> dict[int, dict[str, t
         m = _LAYER_FILE.match(name)
         if not m:
             continue
-        if m.group(2):
+        if m.group(2) and int(m.group(2)) > 0:  # "-model_00" alone: a topology with a model axis of size 1
             raise ValueError(f"{os.path.join(ckpt_dir, name)} is a tensor-parallel shard; this reader handles "
                              "pipeline-only checkpoints (gather the shards first)")
         out[int(m.group(1))] = torch.load(os.path.join(ckpt_dir, name), map_location="cpu", weights_only=True)
@@ -397,30 +399,57 @@ def stage_alignment(module: nn.Module, cfg: ModelConfig, num_domains: int, align
     return GradientAlignment(hf_named_view(module, cfg.num_layers), num_domains, local_cfg, device=device)
 
 
-def job_packed(alignment: Any, cfg: ModelConfig, num_domains: int, align_cfg: Any,
-               device: torch.device | str | None = None) -> torch.Tensor:
-    """This stage's statistics placed in a zero buffer laid out like the unsharded model's ``packed()``
-    (probe order of ``global_probe_names``); summed over the job by one all-reduce, it equals the
-    unsharded (summed over data parallel ranks) statistics. ``alignment`` may be None (no probe here)."""
-    meta = dict(build_model(cfg, device="meta").named_modules())
-    names = global_probe_names(cfg, align_cfg.probe_pattern)
-    sizes = []
-    for n in names:
-        out_f, in_f = meta[n].weight.shape
-        per = out_f * in_f if align_cfg.mode == "exact" else align_cfg.sketch_out * align_cfg.sketch_in
-        sizes.append(num_domains * per)
-    if alignment is not None:
-        device = alignment.device
-    full = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
-    if alignment is None:
+class PipelineAlignment:
+    """This stage's share of the WHOLE model's alignment statistics (DESIGN.md section 6).
+
+    ``packed()`` places the stage's probe statistics in a zero buffer laid out like the unsharded model's
+    ``GradientAlignment.packed()`` (probe order of ``global_probe_names``); summed over the job by one
+    all-reduce it equals the unsharded statistics (summed over data-parallel ranks), and ``gram`` reads
+    that layout. A stage that holds no probe contributes zeros. Offers what the trainer's statistics use
+    of a GradientAlignment: begin_micro_batch, reset, packed, packed_numel, gram.
+    """
+
+    def __init__(self, module: nn.Module, cfg: ModelConfig, num_domains: int, align_cfg: Any,
+                 device: torch.device | str | None = None):
+        meta = dict(build_model(cfg, device="meta").named_modules())
+        self.num_domains = num_domains
+        self.probe_names = global_probe_names(cfg, align_cfg.probe_pattern)
+        numels = []
+        for n in self.probe_names:
+            out_f, in_f = meta[n].weight.shape
+            per = out_f * in_f if align_cfg.mode == "exact" else align_cfg.sketch_out * align_cfg.sketch_in
+            numels.append(num_domains * per)
+        self.block_numels = numels
+        self._offsets = dict(zip(self.probe_names, [sum(numels[:i]) for i in range(len(numels))]))
+        self.local = stage_alignment(module, cfg, num_domains, align_cfg, device=device)
+        self.device = self.local.device if self.local is not None else torch.device(device or "cpu")
+
+    def begin_micro_batch(self, domain_BT: torch.Tensor, grad_scale: float) -> None:
+        if self.local is not None:
+            self.local.begin_micro_batch(domain_BT, grad_scale)
+
+    def reset(self) -> None:
+        if self.local is not None:
+            self.local.reset()
+
+    def packed_numel(self) -> int:
+        return sum(self.block_numels)
+
+    def packed(self) -> torch.Tensor:
+        full = torch.zeros(self.packed_numel(), dtype=torch.float32, device=self.device)
+        if self.local is None:
+            return full
+        local, start = self.local.packed(), 0
+        for n in self.local.probe_names:
+            if n not in self._offsets:
+                raise ValueError(f"probe {n} of this stage is not among the model's probes {self.probe_names}")
+            size = self.block_numels[self.probe_names.index(n)]
+            full[self._offsets[n]:self._offsets[n] + size] = local[start:start + size]
+            start += size
+        assert start == local.numel(), (start, local.numel())
         return full
-    offsets = dict(zip(names, torch.tensor([0] + sizes[:-1]).cumsum(0).tolist()))
-    size_of = dict(zip(names, sizes))
-    local, start = alignment.packed(), 0
-    for n in alignment.probe_names:
-        if n not in offsets:
-            raise ValueError(f"probe {n} of this stage is not among the model's probes {names}")
-        full[offsets[n]:offsets[n] + size_of[n]] = local[start:start + size_of[n]]
-        start += size_of[n]
-    assert start == local.numel(), (start, local.numel())
-    return full
+
+    def gram(self, packed: torch.Tensor, token_count_K: Any):
+        from acodm.alignment import packed_gram
+
+        return packed_gram(packed, token_count_K, self.num_domains, self.block_numels)

@@ -39,6 +39,8 @@ class MixingCallback(Callback):
     def post_step(self, trainer: "Trainer", stats: ReducedStats, record: dict[str, Any]) -> None:
         interval = trainer.cfg.mixing.update_interval_steps
         weights = np.zeros(trainer.num_domains, dtype=np.float64)
+        # Collective under pipeline/tensor parallelism (the probes live on several ranks): every rank asks.
+        norms = trainer.probe_norms() if trainer.mixer.needs.probe_norms and not stats.nonfinite else None
         if trainer.topology.is_main:
             if stats.nonfinite:
                 record["mixer/skipped_nonfinite"] = 1.0  # the mixer never sees a step that was not applied
@@ -46,7 +48,7 @@ class MixingCallback(Callback):
                 step_stats = StepStats(
                     step=trainer.step, total_steps=trainer.total_steps, loss_sum=stats.loss_sum,
                     token_count=stats.token_count, sample_count=stats.sample_count, gram=stats.gram,
-                    probe_norms=trainer.probe_norms() if trainer.mixer.needs.probe_norms else None,
+                    probe_norms=norms,
                     ref_loss_sum=stats.ref_loss_sum, excess_loss_sum=stats.excess_loss_sum)
                 record.update(trainer.mixer.observe(step_stats))
             weights = np.asarray(trainer.mixer.weights(), dtype=np.float64)

@@ -93,13 +93,13 @@ def save_checkpoint(trainer: "Trainer") -> Path:
         tmp.mkdir()
     _barrier()
     trainer.engine.save_checkpoint(str(tmp), tag="deepspeed", save_latest=False)
+    weights = full_state_dict(trainer, tmp / "deepspeed")
     if main:
         from safetensors.torch import save_file
 
         from acodm.serialization import save_state
 
-        module = trainer.engine.module
-        weights = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
+        weights = {k: v.detach().float().cpu().contiguous() for k, v in weights.items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(trainer.step)})
         _write_json(tmp / "trainer.json", trainer.state_dict())
         _write_json(tmp / "data.json", trainer.loader.state_dict())
@@ -115,6 +115,28 @@ def save_checkpoint(trainer: "Trainer") -> Path:
         _prune(root, keep_last=trainer.cfg.checkpoint.keep_last)
     _barrier()
     return final
+
+
+def full_state_dict(trainer: "Trainer", deepspeed_dir: Path) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights under HF names on the main rank (None elsewhere), whatever the layout.
+
+    Collective: tensor-parallel shards are gathered over their group; pipeline stages are read back from
+    the layer files DeepSpeed just wrote into ``deepspeed_dir`` (the checkpoint directory must be on a
+    filesystem every node sees, as DeepSpeed's own checkpoints are)."""
+    topo, module = trainer.topology, trainer.engine.module
+    if topo.tensor > 1:
+        from neox.model.tensor_parallel import gather_tp_state_dict
+
+        full = gather_tp_state_dict(module, topo.tensor_group)
+        return full if topo.is_main else None
+    if topo.pipe > 1:
+        from neox.model.pipeline import pipeline_to_hf_state_dict, read_layer_checkpoints
+
+        _barrier()  # every stage's layer files are on disk
+        if not topo.is_main:
+            return None
+        return pipeline_to_hf_state_dict(read_layer_checkpoints(deepspeed_dir), trainer.cfg.model.num_layers)
+    return module.state_dict() if topo.is_main else None
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -164,6 +186,7 @@ def load_checkpoint(trainer: "Trainer", ckpt: Path) -> None:
     """Collective: restore engine, trainer counters, data plan and mixer from ``ckpt``."""
     from acodm.serialization import load_state
 
+    trainer.check_layout(_read_json(ckpt / "trainer.json"))
     load_path, _ = trainer.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_optimizer_states=True,
                                                   load_lr_scheduler_states=True)
     if load_path is None:

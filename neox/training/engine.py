@@ -63,8 +63,9 @@ def deepspeed_config(cfg: ExperimentConfig, dp_size: int, device: torch.device) 
     return ds
 
 
-def build_engine(cfg: ExperimentConfig, model: torch.nn.Module, dp_size: int, device: torch.device):
-    """Returns (engine, optimizer, lr_scheduler)."""
+def build_engine(cfg: ExperimentConfig, model: torch.nn.Module, dp_size: int, device: torch.device, mpu: Any = None):
+    """Returns (engine, optimizer, lr_scheduler). ``mpu``: the topology's process groups under tensor
+    parallelism (a pipeline module brings its own); a PipelineModule gives a PipelineEngine."""
     import deepspeed
 
     opt_cfg = cfg.optimizer
@@ -74,5 +75,5 @@ def build_engine(cfg: ExperimentConfig, model: torch.nn.Module, dp_size: int, de
                        total_steps=cfg.schedule.train_steps, decay=cfg.schedule.decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step) / opt_cfg.lr)
     engine, _, _, _ = deepspeed.initialize(model=model.to(device), optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg, dp_size, device))
+                                           config=deepspeed_config(cfg, dp_size, device), mpu=mpu)
     return engine, optimizer, scheduler

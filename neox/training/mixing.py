@@ -51,6 +51,8 @@ def build_run_mixer(cfg: ExperimentConfig, domains: list[str], manifest: dict[st
 
 def build_statistics(cfg: ExperimentConfig, needs: MixerNeeds, model: torch.nn.Module, num_domains: int,
                      device: torch.device) -> StepStatistics:
+    """``model`` is the engine's module: the whole model, this rank's tensor-parallel shard (the probes
+    know their slice) or this rank's pipeline stage (statistics placed in the whole model's layout)."""
     alignment = reference = None
     if needs.alignment:
         from acodm.alignment import AlignmentConfig, GradientAlignment
@@ -60,7 +62,12 @@ def build_statistics(cfg: ExperimentConfig, needs: MixerNeeds, model: torch.nn.M
                       seed=section.seed)
         if section.probe_pattern is not None:
             kwargs["probe_pattern"] = section.probe_pattern
-        alignment = GradientAlignment(model, num_domains, AlignmentConfig(**kwargs), device=device)
+        if cfg.parallel.pipe > 1:
+            from neox.model.pipeline import PipelineAlignment
+
+            alignment = PipelineAlignment(model, cfg.model, num_domains, AlignmentConfig(**kwargs), device=device)
+        else:
+            alignment = GradientAlignment(model, num_domains, AlignmentConfig(**kwargs), device=device)
     if needs.reference_losses:
         path = cfg.mixing.doremi.get("reference")
         if not path:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from neox.config import ExperimentConfig, save_config
+from neox.config import ConfigError, ExperimentConfig, save_config
 from neox.data import MicroBatchLoader, MixturePlan, ValidationSet, open_domains
 from neox.model.gpt_neox import GPTNeoX, init_weights, per_token_loss
 from neox.parallel.topology import Topology
@@ -66,12 +66,18 @@ class Trainer:
         self.val = ValidationSet(val_corpus, samples_per_domain=cfg.eval.val_samples_per_domain,
                                  micro_batch_sequences=cfg.eval.micro_batch_sequences or data.micro_batch_sequences)
 
+        if self.topology.pipe > 1 and self.val.num_samples < dp_size:
+            raise ConfigError(f"the validation set has {self.val.num_samples} sequences, fewer than the "
+                              f"{dp_size} pipelines; raise eval.val_samples_per_domain")
+
         self.mixer = build_run_mixer(cfg, self.domains, self.corpus.manifest)
-        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-        model = GPTNeoX(cfg.model)
-        init_weights(model, cfg.model)
-        self.engine, self.optimizer, self.scheduler = build_engine(cfg, model, dp_size, self.device)
+        self.domain_loss = None  # the pipeline's loss_fn (last stage), pipe > 1 only
+        model = self._build_model()
+        self.engine, self.optimizer, self.scheduler = build_engine(
+            cfg, model, dp_size, self.device, mpu=self.topology.mpu if self.topology.tensor > 1 else None)
         self.statistics = build_statistics(cfg, self.mixer.needs, self.engine.module, self.num_domains, self.device)
+        if self.topology.pipe > 1:
+            self._install_pipeline_hooks()
         self._state_probes = None  # names of the probe matrices whose norms feed the AC-ODM state
 
         self.plan = MixturePlan(samples_per_epoch=[ds.num_samples for ds in self.corpus.datasets],
@@ -88,6 +94,67 @@ class Trainer:
         self._prepare_run_dir()
 
     # ------------------------------------------------------------------------------------------ setup
+
+    def _build_model(self) -> torch.nn.Module:
+        """The whole model, this rank's tensor-parallel shard, or this rank's pipeline stage.
+
+        Every layout starts from the same weights: the unsharded model initialised under the run's seed,
+        then sharded or cut into stages, so a run's numbers do not depend on its layout.
+        """
+        cfg, topo = self.cfg, self.topology
+        torch.manual_seed(cfg.seed)
+        model = GPTNeoX(cfg.model)
+        init_weights(model, cfg.model)
+        if topo.tensor > 1:
+            from neox.model.tensor_parallel import shard_gpt_neox
+
+            return shard_gpt_neox(model, topo.tensor_group)
+        if topo.pipe > 1:
+            from neox.model.pipeline import DomainLoss, build_pipeline_module, load_hf_state_dict
+
+            self.domain_loss = DomainLoss(self.num_domains, on_token_loss=self._on_pipeline_token_loss)
+            module = build_pipeline_module(
+                cfg.model, topology=topo.ds_topology(), loss_fn=self.domain_loss, seed=cfg.seed,
+                partition_method=cfg.parallel.partition_method,
+                activation_checkpoint_interval=cfg.parallel.activation_checkpoint_interval,
+                dynamic_shape=True)  # evaluation batches differ from training ones (the last one is short)
+            load_hf_state_dict(module, model.state_dict(), cfg.model.num_layers)
+            topo.use_grid(module.mpu())
+            return module
+        return model
+
+    def _install_pipeline_hooks(self) -> None:
+        """Under ``engine.train_batch`` forward, backward and the optimizer step happen in one call. Two hooks
+        keep the step's math the same as without a pipeline: the stage module tells the probes the domain
+        ids before each micro-batch's forward, and the job's statistics are all-reduced (and a non-finite
+        step vetoed) right before the optimizer step, after the last backward of every stage."""
+        from deepspeed.runtime.pipe import schedule
+
+        engine = self.engine
+        self.engine.module.micro_batch_hook = self._on_pipeline_micro_batch
+        # DeepSpeed 0.19.8's PipelineEngine runs each schedule instruction through self._INSTRUCTION_MAP;
+        # an instance-level map wraps the optimizer step without subclassing the engine.
+        # tests/test_parallel_training.py fails if this stops being called.
+        instructions = dict(type(engine)._INSTRUCTION_MAP)
+        optimizer_step = instructions[schedule.OptimizerStep]
+
+        def reduce_then_step(eng, **kwargs):
+            self._reduced = self.statistics.reduce(self.topology.world_group)
+            self.optimizer.skip_next = self._reduced.nonfinite
+            return optimizer_step(eng, **kwargs)
+
+        instructions[schedule.OptimizerStep] = reduce_then_step
+        engine._INSTRUCTION_MAP = instructions
+
+    def _on_pipeline_micro_batch(self, domain_B: torch.Tensor, seq_len_tokens: int) -> None:
+        grad_accum = self.engine.gradient_accumulation_steps()
+        self.statistics.begin_micro_batch(domain_B, seq_len_tokens, grad_scale=domain_B.shape[0] * seq_len_tokens
+                                          * grad_accum / self._loss_scale())
+
+    def _on_pipeline_token_loss(self, token_loss_BT: torch.Tensor, domain_B: torch.Tensor,
+                                labels_BT: torch.Tensor) -> None:
+        if self.engine.module.training:  # evaluation reads DomainLoss.totals() instead
+            self.statistics.add_losses(token_loss_BT, domain_B, None, labels_BT)
 
     def _prepare_run_dir(self) -> None:
         cfg = self.cfg
@@ -124,7 +191,7 @@ class Trainer:
                 "tokenizer_sha256": manifest.get("tokenizer", {}).get("sha256"),
                 "val_samples_per_domain": self.cfg.eval.val_samples_per_domain,
                 "val_fingerprint": fingerprint.hexdigest(), "seed": self.cfg.seed,
-                "world_size": self.topology.world_size}
+                "world_size": self.topology.world_size, "parallel": self._layout()}
 
     def console(self, message: str) -> None:
         if self.topology.is_main:
@@ -157,28 +224,39 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.close()
 
+    def _token_loss(self, logits_BSV: torch.Tensor, labels_BS: torch.Tensor) -> torch.Tensor:
+        if self.topology.tensor > 1:  # vocab-sharded logits
+            from neox.model.tensor_parallel import vocab_parallel_per_token_loss
+
+            return vocab_parallel_per_token_loss(logits_BSV, labels_BS, self.topology.tensor_group)
+        return per_token_loss(logits_BSV, labels_BS)
+
     def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> ReducedStats:
         """Forward/backward over this rank's micro-batches, one all-reduce of the statistics, one update."""
         engine, stats = self.engine, self.statistics
         grad_accum = len(micro_batches)
         stats.reset()
-        reduced = None
-        for i, (tokens_BS1, domain_B) in enumerate(micro_batches):
-            tokens_BS1, domain_B = tokens_BS1.to(self.device), domain_B.to(self.device)
-            inputs_BS, labels_BS = tokens_BS1[:, :-1], tokens_BS1[:, 1:]
-            # delta at a probe layer's output is d(mean micro-batch loss / grad_accum)/dy; this factor makes
-            # it the gradient of the SUM of per-token losses, which the statistics are kept in.
-            stats.begin_micro_batch(domain_B, labels_BS.shape[1], grad_scale=labels_BS.numel() * grad_accum
-                                    / self._loss_scale())
-            token_loss_BS = per_token_loss(engine(inputs_BS), labels_BS)
-            stats.add_losses(token_loss_BS.detach(), domain_B, inputs_BS, labels_BS)
-            engine.backward(token_loss_BS.mean())
-            if i == grad_accum - 1:
-                # After the last backward, before the update: one collective for every statistic, and the
-                # whole job agrees on whether this step may be applied.
-                reduced = stats.reduce(self.topology.world_group)
-                self.optimizer.skip_next = reduced.nonfinite
-            engine.step()
+        if self.topology.pipe > 1:
+            reduced = self._train_step_pipeline(micro_batches)
+        else:
+            reduced = None
+            for i, (tokens_BS1, domain_B) in enumerate(micro_batches):
+                tokens_BS1, domain_B = tokens_BS1.to(self.device), domain_B.to(self.device)
+                inputs_BS, labels_BS = tokens_BS1[:, :-1], tokens_BS1[:, 1:]
+                # delta at a probe layer's output is d(mean micro-batch loss / grad_accum)/dy; this factor
+                # makes it the gradient of the SUM of per-token losses, which the statistics are kept in.
+                stats.begin_micro_batch(domain_B, labels_BS.shape[1], grad_scale=labels_BS.numel() * grad_accum
+                                        / self._loss_scale())
+                token_loss_BS = self._token_loss(engine(inputs_BS), labels_BS)
+                if self.topology.counts_losses:  # tensor-parallel ranks hold the same losses: count them once
+                    stats.add_losses(token_loss_BS.detach(), domain_B, inputs_BS, labels_BS)
+                engine.backward(token_loss_BS.mean())
+                if i == grad_accum - 1:
+                    # After the last backward, before the update: one collective for every statistic, and
+                    # the whole job agrees on whether this step may be applied.
+                    reduced = stats.reduce(self.topology.world_group)
+                    self.optimizer.skip_next = reduced.nonfinite
+                engine.step()
         assert reduced is not None
         if reduced.nonfinite:
             self.nonfinite_in_row += 1
@@ -186,6 +264,23 @@ class Trainer:
         else:
             self.nonfinite_in_row = 0
         return reduced
+
+    def _train_step_pipeline(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> ReducedStats:
+        """One ``engine.train_batch``: the first stage reads the inputs, the last the labels; the domain ids
+        travel with both. The statistics are reduced inside, right before the optimizer step."""
+        self._reduced = None
+        self.engine.train_batch(iter(self._pipeline_items(micro_batches)))
+        if self._reduced is None:
+            raise RuntimeError("the pipeline engine finished train_batch without its optimizer-step hook; "
+                               "the DeepSpeed version changed how PipelineEngine runs its schedule")
+        return self._reduced
+
+    def _pipeline_items(self, micro_batches):
+        items = []
+        for tokens_BS1, domain_B in micro_batches:
+            tokens_BS1, domain_B = tokens_BS1.to(self.device), domain_B.to(self.device)
+            items.append(((tokens_BS1[:, :-1], domain_B), (tokens_BS1[:, 1:], domain_B)))
+        return items
 
     def _loss_scale(self) -> float:
         if self.engine.fp16_enabled():
@@ -208,14 +303,32 @@ class Trainer:
         self.plan.set_weights(self.weights)
 
     def probe_norms(self) -> np.ndarray:
+        """Norms of the probe matrices that feed AC-ODM's state. A collective under pipeline or tensor
+        parallelism (each probe's squared norm is summed over the stages and shards holding it)."""
         from acodm.alignment import default_state_probes, probe_weight_norms
 
-        module = self.engine.module
+        module, topo = self.engine.module, self.topology
         if self._state_probes is None:
             # AC-ODM's state spec fixes how many probe matrices it reads (acodm.num_probe_layers, or the
-            # exported actor's count for a frozen run).
-            self._state_probes = default_state_probes(module, count=self.mixer.spec.num_probes)
-        return probe_weight_norms(module, self._state_probes).double().cpu().numpy()
+            # exported actor's count for a frozen run). Names are the whole model's.
+            from neox.model.gpt_neox import build_model
+
+            self._state_probes = default_state_probes(build_model(self.cfg.model, device="meta"),
+                                                      count=self.mixer.spec.num_probes)
+        if not topo.is_model_parallel:
+            return probe_weight_norms(module, self._state_probes).double().cpu().numpy()
+        if topo.pipe > 1:
+            from neox.model.pipeline import hf_named_view
+
+            module = hf_named_view(module, self.cfg.model.num_layers)
+        local = {n for n, _ in module.named_modules()}
+        sq = torch.zeros(len(self._state_probes), dtype=torch.float64, device=self.device)
+        if topo.dp_rank == 0:  # replicas hold the same weights; one of them counts
+            for i, name in enumerate(self._state_probes):
+                if name in local:  # this stage holds it (a TP shard holds a slice of every probe)
+                    sq[i] = probe_weight_norms(module, [name], squared=True)[0].double()
+        dist.all_reduce(sq, op=dist.ReduceOp.SUM)
+        return sq.sqrt().cpu().numpy()
 
     # ------------------------------------------------------------------------------------------ evaluation
 
@@ -224,13 +337,25 @@ class Trainer:
         """Per-domain validation loss and perplexity on the fixed validation set, summed over ranks."""
         K = self.num_domains
         sums = torch.zeros(2 * K, dtype=torch.float64, device=self.device)
-        self.engine.eval()
+        topo = self.topology
+        batches = self.val.batches(dp_rank=topo.dp_rank, dp_size=topo.dp_size)
         # The probe hooks ignore forwards without gradients, so evaluation needs no special handling.
-        for tokens_BS1, domain_B in self.val.batches(dp_rank=self.topology.dp_rank, dp_size=self.topology.dp_size):
-            tokens_BS1, domain_B = tokens_BS1.to(self.device), domain_B.to(self.device)
-            loss_BS = per_token_loss(self.engine(tokens_BS1[:, :-1]), tokens_BS1[:, 1:]).double()
-            sums[:K].index_add_(0, domain_B, loss_BS.sum(dim=1))
-            sums[K:].index_add_(0, domain_B, torch.full_like(loss_BS[:, 0], loss_BS.shape[1]))
+        if topo.pipe > 1:
+            items = self._pipeline_items(list(batches))
+            self.domain_loss.reset()
+            self.engine.eval_batch(iter(items), num_micro_batches=len(items), bcast_loss=False)
+            if topo.counts_losses:
+                totals = self.domain_loss.totals()
+                sums[:K], sums[K:] = totals["loss_sum"], totals["token_count"]
+            self.domain_loss.reset()
+        else:
+            self.engine.eval()
+            for tokens_BS1, domain_B in batches:
+                tokens_BS1, domain_B = tokens_BS1.to(self.device), domain_B.to(self.device)
+                loss_BS = self._token_loss(self.engine(tokens_BS1[:, :-1]), tokens_BS1[:, 1:]).double()
+                if topo.counts_losses:
+                    sums[:K].index_add_(0, domain_B, loss_BS.sum(dim=1))
+                    sums[K:].index_add_(0, domain_B, torch.full_like(loss_BS[:, 0], loss_BS.shape[1]))
         self.engine.train()
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sums)
@@ -258,11 +383,25 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens, "nonfinite_in_row": self.nonfinite_in_row,
                 "skipped_steps": self.skipped_steps, "weights": self.weights.tolist(), "domains": self.domains,
-                "rng": ckpt_io.rng_state()}
+                "parallel": self._layout(), "rng": ckpt_io.rng_state()}
+
+    def _layout(self) -> dict[str, int]:
+        return {"pipe": self.topology.pipe, "tensor": self.topology.tensor, "data": self.topology.data}
+
+    def check_layout(self, sd: dict[str, Any]) -> None:
+        """A checkpoint resumes at the (pipe, tensor) layout that wrote it (DeepSpeed's files are per stage
+        and shard); refuse another one before DeepSpeed fails on missing files."""
+        saved = sd.get("parallel", {"pipe": 1, "tensor": 1})  # written before the field existed: pipe=tensor=1
+        if (saved["pipe"], saved["tensor"]) != (self.topology.pipe, self.topology.tensor):
+            raise ValueError(f"the checkpoint was written with parallel.pipe={saved['pipe']}, parallel.tensor="
+                             f"{saved['tensor']}; this run has pipe={self.topology.pipe}, tensor="
+                             f"{self.topology.tensor}. Resume with the checkpoint's layout (its model.safetensors "
+                             f"holds the full weights for export and evaluation at any layout)")
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if sd["domains"] != self.domains:
             raise ValueError(f"checkpoint domains {sd['domains']} differ from this run's {self.domains}")
+        self.check_layout(sd)
         self.step, self.tokens = sd["step"], sd["tokens"]
         self.nonfinite_in_row, self.skipped_steps = sd["nonfinite_in_row"], sd["skipped_steps"]
         self.weights = np.asarray(sd["weights"], dtype=np.float64)
