@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         Trainer(cfg).fit()
+    except ConfigError as e:  # found at start-up: a layout that does not fit the world size, a checkpoint's layout
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     finally:
         # Tear the process group down before the interpreter exits: gloo's threads otherwise race the
         # exit and a rank can abort ("terminate called without an active exception") after a good run.

@@ -38,8 +38,9 @@ def init_distributed(device_pref: str = "auto") -> DistEnv:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    if not dist.is_initialized():
-        import deepspeed  # deferred: importing deepspeed is slow and prints accelerator detection
+    import deepspeed  # deferred: importing deepspeed is slow and prints accelerator detection
 
-        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False)
+    # Also when torch.distributed is already up (a test harness, an embedding application): DeepSpeed's
+    # own comm layer, which the pipeline engine uses, then wraps the existing process group.
+    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False)
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)

@@ -393,7 +393,7 @@ class Trainer:
         and shard); refuse another one before DeepSpeed fails on missing files."""
         saved = sd.get("parallel", {"pipe": 1, "tensor": 1})  # written before the field existed: pipe=tensor=1
         if (saved["pipe"], saved["tensor"]) != (self.topology.pipe, self.topology.tensor):
-            raise ValueError(f"the checkpoint was written with parallel.pipe={saved['pipe']}, parallel.tensor="
+            raise ConfigError(f"the checkpoint was written with parallel.pipe={saved['pipe']}, parallel.tensor="
                              f"{saved['tensor']}; this run has pipe={self.topology.pipe}, tensor="
                              f"{self.topology.tensor}. Resume with the checkpoint's layout (its model.safetensors "
                              f"holds the full weights for export and evaluation at any layout)")
