@@ -232,3 +232,23 @@ def test_layouts_that_do_not_fit_are_refused_with_the_numbers(synthetic_data, tm
         load_config(path, ["parallel.pipe=2"]).check_world_size(3)
     with pytest.raises(ConfigError, match="world size 6 is not divisible"):
         Topology.build(pipe=1, tensor=4, world_size=6, rank=0)
+
+
+def test_parallel_overhead_benchmark_runs(tmp_path):
+    """The benchmark's three layouts build in one 2-process job and time their steps (one round: a smoke
+    test of the script, not a measurement)."""
+    import subprocess
+
+    from trainer_utils import clean_env
+
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, "-W", "ignore", str(ROOT / "benchmarks" / "parallel_overhead.py"),
+                           "--rounds", "1", "--json", str(out)], cwd=ROOT, env=clean_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert {name: r["layout"] for name, r in rows.items()} == {
+        "data": {"pipe": 1, "tensor": 1, "data": 2}, "tensor2": {"pipe": 1, "tensor": 2, "data": 1},
+        "pipe2": {"pipe": 2, "tensor": 1, "data": 1}}
+    assert rows["data"]["ratio_to_data"] == 1.0 and all(r["step_s"] > 0 for r in rows.values())
+    assert "vs data" in proc.stdout
