@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from trainer_utils import ROOT, read_metrics, run_train, tiny_config, write_config
+from trainer_utils import ROOT, interrupt_after, read_metrics, run_train, tiny_config, write_config
 
 from neox.config import ConfigError, load_config
 from neox.parallel.topology import Topology
@@ -120,13 +120,7 @@ def test_resume_at_the_same_layout_equals_uninterrupted(runs, layout, tmp_path):
     nproc, overrides = LAYOUTS[layout]
     resumed = tmp_path / "resumed"
     shutil.copytree(runs[layout], resumed)
-    # An interruption after step 3's checkpoint: everything after it is gone.
-    ckpts = resumed / "checkpoints"
-    shutil.rmtree(ckpts / "step_00000006")
-    (ckpts / "latest").write_text("step_00000003\n")
-    lines = [line for line in (resumed / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line).get("step", 0) <= 3]
-    (resumed / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    interrupt_after(resumed, 3, later_checkpoints=[6])
     run_train(runs["config"], f"logging.run_dir={resumed}", "checkpoint.resume=auto", *overrides,
               launcher=_torchrun(nproc, str(resumed)), timeout=300)
     a, b = read_metrics(runs[layout]), read_metrics(resumed)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +14,8 @@ import pytest
 import yaml
 
 from neox.config import ConfigError, load_config
-from tests.trainer_utils import (ROOT, clean_env, read_metrics, run_train, tiny_config, train_in_process,
-                                 write_config)
+from tests.trainer_utils import (ROOT, clean_env, interrupt_after, read_metrics, run_train, tiny_config,
+                                 train_in_process, write_config)
 
 
 def _losses(run_dir):
@@ -85,13 +84,7 @@ def test_resume_equals_uninterrupted(synthetic_data, tmp_path, method):
     train_in_process(write_config(tmp_path / "a.yml", tiny_config(synthetic_data, straight, **base)))
     cfg_b = write_config(tmp_path / "b.yml", tiny_config(synthetic_data, resumed, **base))
     train_in_process(cfg_b)
-    # Simulate an interruption after step 3's checkpoint: delete everything that came after it.
-    ckpts = resumed / "checkpoints"
-    shutil.rmtree(ckpts / "step_00000006")
-    (ckpts / "latest").write_text("step_00000003\n")
-    lines = [l for l in (resumed / "metrics.jsonl").read_text().splitlines()
-             if json.loads(l).get("step", 0) <= 3]
-    (resumed / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    interrupt_after(resumed, 3, later_checkpoints=[6])
     train_in_process(cfg_b, "checkpoint.resume=auto")
     a, b = read_metrics(straight), read_metrics(resumed)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]

@@ -79,3 +79,17 @@ def train_in_process(config: Path, *overrides: str):
     trainer = Trainer(load_config(config, list(overrides)))
     trainer.fit()
     return trainer
+
+
+def interrupt_after(run_dir: Path, step: int, later_checkpoints: list[int]) -> None:
+    """Make ``run_dir`` look like a run killed right after step ``step``'s checkpoint: later checkpoints
+    and metrics records are gone and ``latest`` names step ``step``."""
+    import shutil
+
+    ckpts = Path(run_dir) / "checkpoints"
+    for s in later_checkpoints:
+        shutil.rmtree(ckpts / f"step_{s:08d}")
+    (ckpts / "latest").write_text(f"step_{step:08d}\n")
+    lines = [line for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line).get("step", 0) <= step]
+    (Path(run_dir) / "metrics.jsonl").write_text("\n".join(lines) + "\n")
