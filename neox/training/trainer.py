@@ -72,6 +72,7 @@ class Trainer:
 
         self.mixer = build_run_mixer(cfg, self.domains, self.corpus.manifest)
         self.domain_loss = None  # the pipeline's loss_fn (last stage), pipe > 1 only
+        self._reduced: ReducedStats | None = None  # set by the pipeline's optimizer-step hook
         model = self._build_model()
         self.engine, self.optimizer, self.scheduler = build_engine(
             cfg, model, dp_size, self.device, mpu=self.topology.mpu if self.topology.tensor > 1 else None)
