@@ -1,7 +1,8 @@
 """Step time per parallel layout, measured side by side in one run.
 
 N processes (default 2) join one job; each builds one trainer per layout -- data parallel only, tensor
-parallel (tensor=2) and pipeline parallel (pipe=2), the remaining factor of N as data parallelism -- on the
+parallel (tensor=2), pipeline parallel (pipe=2) and, with N a multiple of 4, both (pipe=2 x tensor=2), the
+remaining factor of N as data parallelism -- on the
 same model, data and global batch, and the layouts take optimizer steps in turn (interleaved, so a load
 change hits all of them alike). Prints the median step time, tokens/s and the ratio to the data-parallel
 layout, so a regression in a communication path (the TP all-reduces, the pipeline's send/recv, the one
@@ -34,6 +35,7 @@ SHAPES = {
                            "data.global_batch_sequences=64", "data.micro_batch_sequences=4"],
 }
 LAYOUTS = {"data": [], "tensor2": ["parallel.tensor=2"], "pipe2": ["parallel.pipe=2"]}
+LAYOUTS_4 = {"pipe2_tensor2": ["parallel.pipe=2", "parallel.tensor=2"]}  # with --nproc a multiple of 4
 
 
 def _worker(rank: int, nproc: int, port: int, args: argparse.Namespace, data: str, out: str) -> None:
@@ -46,7 +48,8 @@ def _worker(rank: int, nproc: int, port: int, args: argparse.Namespace, data: st
     common = [*SHAPES[args.shape], f"data.path={data}", "data.tokenizer=null", f"device={args.device}",
               f"mixing.method={args.method}", "eval.interval_steps=0", "eval.at_start=false",
               "schedule.train_steps=100000"]
-    trainers = {name: build_trainer(ROOT / "configs/demo_cpu.yml", common + extra) for name, extra in LAYOUTS.items()}
+    layouts = {**LAYOUTS, **(LAYOUTS_4 if nproc % 4 == 0 else {})}
+    trainers = {name: build_trainer(ROOT / "configs/demo_cpu.yml", common + extra) for name, extra in layouts.items()}
     times = interleaved(trainers, rounds=args.rounds, warmup=2)
     if rank == 0:
         cfg = trainers["data"].cfg
@@ -89,10 +92,10 @@ def main() -> int:
     rows = json.loads(out.read_text())
     print(f"{args.nproc} processes, {args.device}, shape {args.shape}, mixing {args.method}, "
           f"median of {args.rounds} interleaved steps")
-    print(f"{'layout':<10} {'pipe':>4} {'tensor':>6} {'data':>4} {'step ms':>9} {'tokens/s':>10} {'vs data':>8}")
+    print(f"{'layout':<14} {'pipe':>4} {'tensor':>6} {'data':>4} {'step ms':>9} {'tokens/s':>10} {'vs data':>8}")
     for name, r in rows.items():
         lay = r["layout"]
-        print(f"{name:<10} {lay['pipe']:>4} {lay['tensor']:>6} {lay['data']:>4} {1000 * r['step_s']:>9.1f} "
+        print(f"{name:<14} {lay['pipe']:>4} {lay['tensor']:>6} {lay['data']:>4} {1000 * r['step_s']:>9.1f} "
               f"{r['tokens_per_s']:>10.0f} {r['ratio_to_data']:>8.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

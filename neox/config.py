@@ -240,9 +240,6 @@ class ExperimentConfig:
     def _check_layout(self, zero_stage: int) -> None:
         """Model-parallel layouts the model cannot be cut into are refused here, with the numbers."""
         pipe, tensor, m = self.parallel.pipe, self.parallel.tensor, self.model
-        if pipe > 1 and tensor > 1:
-            raise ConfigError(f"parallel.pipe={pipe} with parallel.tensor={tensor}: pipeline and tensor "
-                              f"parallelism together are not supported; use one of them (with data parallelism)")
         if m.num_layers < pipe:
             raise ConfigError(f"model.num_layers ({m.num_layers}) must be >= parallel.pipe ({pipe}): every "
                               f"stage needs at least one transformer layer")

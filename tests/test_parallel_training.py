@@ -2,7 +2,7 @@
 
 One module fixture runs `train.py` once per layout (AC-ODM with exact alignment statistics, so the reward
 is the Gram matrix of the probe gradients, and probe-weight norms in its state) on a 4-layer model:
-1 process, then pp=2, tp=2 (2 processes each) and pp=2 x dp=2, tp=2 x dp=2 (4 processes). All layouts
+1 process, then pp=2, tp=2 (2 processes each) and pp=2 x dp=2, tp=2 x dp=2, pp=2 x tp=2 (4 processes). All layouts
 start from the same weights and see the same global batches, so losses, per-domain losses, rewards,
 mixture weights, validation losses and the final weights must agree with the single process.
 """
@@ -29,6 +29,7 @@ LAYOUTS = {  # name: (processes, overrides)
     "tp2": (2, ["parallel.tensor=2"]),
     "pp2_dp2": (4, ["parallel.pipe=2"]),
     "tp2_dp2": (4, ["parallel.tensor=2"]),
+    "pp2_tp2": (4, ["parallel.pipe=2", "parallel.tensor=2"]),
 }
 
 
@@ -110,12 +111,12 @@ def test_convert_to_hf_reads_parallel_checkpoints(runs, tmp_path):
         from convert_to_hf import main
     finally:
         sys.path.pop(0)
-    for layout in ("pp2", "tp2"):
+    for layout in ("pp2", "tp2", "pp2_tp2"):
         assert main([str(runs[layout]), "-o", str(tmp_path / layout), "--verify"]) == 0
         assert (tmp_path / layout / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("layout", ["pp2", "tp2"])
+@pytest.mark.parametrize("layout", ["pp2", "tp2", "pp2_tp2"])
 def test_resume_at_the_same_layout_equals_uninterrupted(runs, layout, tmp_path):
     nproc, overrides = LAYOUTS[layout]
     resumed = tmp_path / "resumed"
@@ -193,7 +194,7 @@ def test_pipeline_skips_a_nonfinite_step_on_every_stage(synthetic_data, tmp_path
 def test_topology_coordinates_match_deepspeed():
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
-    for pipe, tensor, world in [(1, 1, 4), (2, 1, 4), (1, 2, 4), (2, 1, 8), (1, 4, 8), (4, 1, 8)]:
+    for pipe, tensor, world in [(1, 1, 4), (2, 1, 4), (1, 2, 4), (2, 1, 8), (1, 4, 8), (4, 1, 8), (2, 2, 8), (2, 2, 4)]:
         ds = PipeModelDataParallelTopology(num_pp=pipe, num_mp=tensor, num_dp=world // (pipe * tensor))
         for rank in range(world):
             topo = Topology.build(pipe, tensor, world, rank)
@@ -205,7 +206,6 @@ def test_topology_coordinates_match_deepspeed():
 def test_layouts_that_do_not_fit_are_refused_with_the_numbers(synthetic_data, tmp_path):
     path = write_config(tmp_path / "c.yml", _config(synthetic_data, tmp_path / "run"))
     cases = {
-        "parallel.pipe=2 with parallel.tensor=2": ["parallel.pipe=2", "parallel.tensor=2"],
         "model.num_layers (4) must be >= parallel.pipe (5)": ["parallel.pipe=5"],
         "needs deepspeed.zero_optimization.stage 0 or 1": ["parallel.pipe=2", "deepspeed.zero_optimization.stage=2"],
         "mixing.method=doremi with parallel.pipe > 1": ["parallel.pipe=2", "mixing.method=doremi"],

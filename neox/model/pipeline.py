@@ -120,11 +120,13 @@ class DomainLoss:
     """
 
     def __init__(self, num_domains: int,
-                 on_token_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None):
+                 on_token_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+                 token_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = per_token_loss):
         if num_domains < 1:
             raise ValueError(f"num_domains must be >= 1, got {num_domains}")
         self.num_domains = num_domains
         self.on_token_loss = on_token_loss
+        self.token_loss = token_loss  # (logits, labels) -> (B, T); vocab-parallel under tensor parallelism
         self._sums: torch.Tensor | None = None  # (3K + 1,) fp64: loss, tokens, sequences, non-finite
 
     def __call__(self, logits_BTV: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -132,7 +134,7 @@ class DomainLoss:
             raise ValueError("pipeline labels must be the tuple (labels_BT, domain_B); make the data iterator "
                              "yield ((input_ids_BT, domain_B), (labels_BT, domain_B))")
         labels_BT, domain_B = labels
-        token_loss_BT = per_token_loss(logits_BTV, labels_BT)  # (B, T) fp32
+        token_loss_BT = self.token_loss(logits_BTV, labels_BT)  # (B, T) fp32
         self._accumulate(token_loss_BT.detach(), domain_B)
         if self.on_token_loss is not None:
             self.on_token_loss(token_loss_BT.detach(), domain_B, labels_BT)
@@ -318,22 +320,45 @@ def layer_states_of(module: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
 _LAYER_FILE = re.compile(r"^layer_(\d+)(?:-model_(\d+))?-model_states\.pt$")
 
 
-def read_layer_checkpoints(ckpt_dir: str | os.PathLike) -> dict[int, dict[str, torch.Tensor]]:
-    """{spec index: state dict} from the layer_XX-model_states.pt files that PipelineEngine.save_checkpoint
-    writes into ``{save_dir}/{tag}`` (one file per layer, by the stage holding it; CPU tensors). Feed the
-    result to `pipeline_to_hf_state_dict` for an HF-named model.safetensors."""
-    out: dict[int, dict[str, torch.Tensor]] = {}
+def read_layer_checkpoints(ckpt_dir: str | os.PathLike,
+                           cfg: ModelConfig | None = None) -> dict[int, dict[str, torch.Tensor]]:
+    """{spec index: state dict} from the layer_XX[-model_YY]-model_states.pt files that
+    PipelineEngine.save_checkpoint writes into ``{save_dir}/{tag}`` (one file per layer and tensor-parallel
+    rank; CPU tensors). Tensor-parallel shards (model_01, ...) are joined along the dimension where their
+    shape differs from the full model's, which needs ``cfg``. Feed the result to `pipeline_to_hf_state_dict`
+    for an HF-named model.safetensors."""
+    files: dict[int, dict[int, str]] = {}
     for name in sorted(os.listdir(ckpt_dir)):
         m = _LAYER_FILE.match(name)
-        if not m:
-            continue
-        if m.group(2) and int(m.group(2)) > 0:  # "-model_00" alone: a topology with a model axis of size 1
-            raise ValueError(f"{os.path.join(ckpt_dir, name)} is a tensor-parallel shard; this reader handles "
-                             "pipeline-only checkpoints (gather the shards first)")
-        out[int(m.group(1))] = torch.load(os.path.join(ckpt_dir, name), map_location="cpu", weights_only=True)
-    if not out:
+        if m:
+            files.setdefault(int(m.group(1)), {})[int(m.group(2) or 0)] = os.path.join(ckpt_dir, name)
+    if not files:
         raise FileNotFoundError(f"no layer_XX-model_states.pt files in {ckpt_dir}; pass the checkpoint's tag "
                                 "directory (save_dir/tag) written by a pipeline-parallel run")
+    sharded = any(len(by_rank) > 1 for by_rank in files.values())
+    if sharded and cfg is None:
+        raise ValueError(f"{ckpt_dir} holds tensor-parallel shards (layer_XX-model_YY files); pass the model "
+                         "config so they can be joined")
+    full_shapes = None
+    if sharded:
+        meta = build_model(cfg, device="meta").state_dict()
+        full_shapes = {s: {k: v.shape for k, v in sd.items()}
+                       for s, sd in hf_to_pipeline_layer_state(meta, cfg.num_layers).items()}
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for spec, by_rank in files.items():
+        if sorted(by_rank) != list(range(len(by_rank))):
+            raise ValueError(f"layer {spec} in {ckpt_dir} has tensor-parallel files {sorted(by_rank)}; some are "
+                             "missing (the checkpoint was not fully written)")
+        shards = [torch.load(by_rank[r], map_location="cpu", weights_only=True) for r in sorted(by_rank)]
+        if len(shards) == 1:
+            out[spec] = shards[0]
+            continue
+        joined = {}
+        for key, first in shards[0].items():
+            want = full_shapes[spec].get(key)
+            dims = [d for d in range(first.ndim) if want is not None and first.shape[d] != want[d]]
+            joined[key] = torch.cat([sd[key] for sd in shards], dim=dims[0]) if dims else first
+        out[spec] = joined
     return out
 
 

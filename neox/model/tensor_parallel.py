@@ -49,6 +49,7 @@ __all__ = [
     "reduce_from_tp_region",
     "scatter_to_tp_region",
     "shard_gpt_neox",
+    "shard_layers_in_place",
     "tp_grad_norm",
     "vocab_parallel_per_token_loss",
 ]
@@ -379,16 +380,7 @@ def _shard(full: torch.Tensor, dim: int, rank: int, size: int) -> torch.Tensor:
     return full.narrow(dim, rank * local, local)
 
 
-def shard_gpt_neox(model: GPTNeoX, tp_group: dist.ProcessGroup | None) -> GPTNeoX:
-    """This rank's tensor-parallel shard of ``model`` (unchanged), with the same HF parameter names.
-
-    qkv / dense_h_to_4h / lm_head column-parallel, attention.dense / dense_4h_to_h row-parallel, embed_in
-    vocab-parallel; LayerNorms and row-parallel biases replicated. The result is a `GPTNeoX` whose
-    forward returns vocab-sharded logits (B, T, V/P) -- use `vocab_parallel_per_token_loss`. Every rank
-    of ``tp_group`` must call this with the same model.
-    """
-    cfg = model.cfg
-    size, rank = _size(tp_group), _rank(tp_group)
+def _check_divisible(cfg, size: int) -> None:
     _divide(cfg.num_heads, size, "model.num_heads")
     _divide(cfg.padded_vocab_size, size, "the padded vocabulary (model.vocab_size rounded up to "
             "model.make_vocab_size_divisible_by)")
@@ -398,29 +390,68 @@ def shard_gpt_neox(model: GPTNeoX, tp_group: dist.ProcessGroup | None) -> GPTNeo
         # different masks (Megatron's RNG tracker); not implemented, and Pythia trains without dropout.
         raise ConfigError(f"tensor parallelism needs model.dropout == 0, got {cfg.dropout}; set model.dropout: 0.0 "
                           "or parallel.tensor: 1")
-    ref = model.gpt_neox.embed_in.weight
-    device, dtype = ref.device, ref.dtype
 
-    tp = build_model(cfg, device="meta")
+
+def _parallelize(root: nn.Module, cfg, tp_group: dist.ProcessGroup | None) -> None:
+    """Swap, in place and on the meta device, the GPT-NeoX layers under ``root`` for their tensor-parallel
+    versions: embed_in vocab-parallel, lm_head / qkv / dense_h_to_4h column-parallel, attention.dense /
+    dense_4h_to_h row-parallel. ``root`` is a GPTNeoX or a pipeline stage holding some of its layers."""
     C, V, F_ = cfg.hidden_size, cfg.padded_vocab_size, cfg.ffn_size
-    tp.gpt_neox.embed_in = VocabParallelEmbedding(V, C, tp_group, device="meta")
-    tp.lm_head = ColumnParallelLinear(C, V, tp_group, bias=False, gather_output=False, device="meta")
-    for layer in tp.gpt_neox.layers:
-        layer.attention = ParallelAttention(layer.attention, tp_group, device="meta")
-        mlp: MLP = layer.mlp
-        mlp.dense_h_to_4h = ColumnParallelLinear(C, F_, tp_group, device="meta")
-        mlp.dense_4h_to_h = RowParallelLinear(F_, C, tp_group, input_is_parallel=True, device="meta")
-    tp.to_empty(device=device)
-    tp.to(dtype=dtype)
-    for module in tp.modules():
+    for module in list(root.modules()):
+        for name, child in list(module.named_children()):
+            if name == "embed_in" and isinstance(child, nn.Embedding):
+                setattr(module, name, VocabParallelEmbedding(V, C, tp_group, device="meta"))
+            elif name == "lm_head" and isinstance(child, nn.Linear):
+                setattr(module, name, ColumnParallelLinear(C, V, tp_group, bias=False, gather_output=False,
+                                                           device="meta"))
+            elif isinstance(child, Attention) and not isinstance(child, ParallelAttention):
+                setattr(module, name, ParallelAttention(child, tp_group, device="meta"))
+            elif isinstance(child, MLP):
+                child.dense_h_to_4h = ColumnParallelLinear(C, F_, tp_group, device="meta")
+                child.dense_4h_to_h = RowParallelLinear(F_, C, tp_group, input_is_parallel=True, device="meta")
+
+
+def _materialize(root: nn.Module, full: dict[str, torch.Tensor], tp_group: dist.ProcessGroup | None,
+                 device: torch.device, dtype: torch.dtype) -> None:
+    """Allocate ``root`` on ``device`` and load this rank's shard of the full (unsharded) state dict."""
+    root.to_empty(device=device)
+    root.to(dtype=dtype)
+    for module in root.modules():
         if isinstance(module, RotaryEmbedding):
             module.reset_cache()  # fp32 tables, as the unsharded model computes them
         if isinstance(module, (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding)):
             module.mark_parameters()  # re-mark: to_empty off "meta" makes new Parameter objects
+    root.load_state_dict(_local_state_dict(root, full, _rank(tp_group), _size(tp_group)), strict=True)
 
-    tp.load_state_dict(_local_state_dict(tp, model.state_dict(), rank, size), strict=True)
+
+def shard_gpt_neox(model: GPTNeoX, tp_group: dist.ProcessGroup | None) -> GPTNeoX:
+    """This rank's tensor-parallel shard of ``model`` (unchanged), with the same HF parameter names.
+
+    qkv / dense_h_to_4h / lm_head column-parallel, attention.dense / dense_4h_to_h row-parallel, embed_in
+    vocab-parallel; LayerNorms and row-parallel biases replicated. The result is a `GPTNeoX` whose
+    forward returns vocab-sharded logits (B, T, V/P) -- use `vocab_parallel_per_token_loss`. Every rank
+    of ``tp_group`` must call this with the same model.
+    """
+    cfg = model.cfg
+    _check_divisible(cfg, _size(tp_group))
+    ref = model.gpt_neox.embed_in.weight
+    tp = build_model(cfg, device="meta")
+    _parallelize(tp, cfg, tp_group)
+    _materialize(tp, model.state_dict(), tp_group, ref.device, ref.dtype)
     tp.train(model.training)
     return tp
+
+
+def shard_layers_in_place(module: nn.Module, cfg, tp_group: dist.ProcessGroup | None) -> nn.Module:
+    """Replace the GPT-NeoX layers under ``module`` (e.g. a pipeline stage) by this rank's tensor-parallel
+    shards, keeping the module objects that hold them (DeepSpeed's PipelineModule keeps references to its
+    layers) and their weights. A last stage then returns vocab-sharded logits."""
+    _check_divisible(cfg, _size(tp_group))
+    ref = next(module.parameters())
+    full = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    _parallelize(module, cfg, tp_group)
+    _materialize(module, full, tp_group, ref.device, ref.dtype)
+    return module
 
 
 def _partition_dims(tp_model: nn.Module) -> dict[str, int]:

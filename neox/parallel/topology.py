@@ -35,11 +35,6 @@ class Topology:
         if world_size % (pipe * tensor):
             raise ConfigError(f"world size {world_size} is not divisible by parallel.pipe x parallel.tensor "
                               f"= {pipe} x {tensor}; launch a multiple of {pipe * tensor} processes")
-        if pipe > 1 and tensor > 1:
-            # The pipeline stages would need the tensor-parallel layers and vocab-parallel loss inside
-            # the layer specs; not built (and not needed at 410M/1B). Refuse instead of ignoring one.
-            raise ConfigError(f"parallel.pipe={pipe} with parallel.tensor={tensor}: pipeline and tensor "
-                              f"parallelism together are not supported; use one of them (with data parallelism)")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of {world_size}")
         return cls(pipe=pipe, tensor=tensor, data=world_size // (pipe * tensor), rank=rank)
@@ -120,7 +115,7 @@ class Topology:
 
     def use_grid(self, grid) -> None:
         """Adopt the grid a DeepSpeed PipelineModule built for ``ds_topology()`` (same groups, not twice)."""
-        if grid.get_stage_id() != self.stage or grid.get_data_parallel_rank() != self.dp_rank:
+        if (grid.get_stage_id(), grid.get_data_parallel_rank(), grid.get_slice_parallel_rank()) != self.coordinates():
             raise ValueError("the pipeline's grid does not match this topology's rank layout")
         self._grid = grid
 

@@ -123,19 +123,19 @@ def full_state_dict(trainer: "Trainer", deepspeed_dir: Path) -> dict[str, torch.
     Collective: tensor-parallel shards are gathered over their group; pipeline stages are read back from
     the layer files DeepSpeed just wrote into ``deepspeed_dir`` (the checkpoint directory must be on a
     filesystem every node sees, as DeepSpeed's own checkpoints are)."""
-    topo, module = trainer.topology, trainer.engine.module
+    topo, module, cfg = trainer.topology, trainer.engine.module, trainer.cfg.model
+    if topo.pipe > 1:
+        from neox.model.pipeline import pipeline_to_hf_state_dict, read_layer_checkpoints
+
+        _barrier()  # every stage's (and tensor shard's) layer files are on disk
+        if not topo.is_main:
+            return None
+        return pipeline_to_hf_state_dict(read_layer_checkpoints(deepspeed_dir, cfg), cfg.num_layers)
     if topo.tensor > 1:
         from neox.model.tensor_parallel import gather_tp_state_dict
 
         full = gather_tp_state_dict(module, topo.tensor_group)
         return full if topo.is_main else None
-    if topo.pipe > 1:
-        from neox.model.pipeline import pipeline_to_hf_state_dict, read_layer_checkpoints
-
-        _barrier()  # every stage's layer files are on disk
-        if not topo.is_main:
-            return None
-        return pipeline_to_hf_state_dict(read_layer_checkpoints(deepspeed_dir), trainer.cfg.model.num_layers)
     return module.state_dict() if topo.is_main else None
 
 

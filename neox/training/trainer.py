@@ -75,7 +75,7 @@ class Trainer:
         self._reduced: ReducedStats | None = None  # set by the pipeline's optimizer-step hook
         model = self._build_model()
         self.engine, self.optimizer, self.scheduler = build_engine(
-            cfg, model, dp_size, self.device, mpu=self.topology.mpu if self.topology.tensor > 1 else None)
+            cfg, model, dp_size, self.device, mpu=self.topology.mpu if self.topology.pipe == 1 else None)
         self.statistics = build_statistics(cfg, self.mixer.needs, self.engine.module, self.num_domains, self.device)
         if self.topology.pipe > 1:
             self._install_pipeline_hooks()
@@ -106,7 +106,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = GPTNeoX(cfg.model)
         init_weights(model, cfg.model)
-        if topo.tensor > 1:
+        if topo.pipe == 1 and topo.tensor > 1:
             from neox.model.tensor_parallel import shard_gpt_neox
 
             return shard_gpt_neox(model, topo.tensor_group)
@@ -121,6 +121,11 @@ class Trainer:
                 dynamic_shape=True)  # evaluation batches differ from training ones (the last one is short)
             load_hf_state_dict(module, model.state_dict(), cfg.model.num_layers)
             topo.use_grid(module.mpu())
+            if topo.tensor > 1:  # each stage's layers sharded over its tensor group; the loss is vocab-parallel
+                from neox.model.tensor_parallel import shard_layers_in_place
+
+                shard_layers_in_place(module, cfg.model, topo.tensor_group)
+                self.domain_loss.token_loss = self._token_loss
             return module
         return model
 
@@ -154,7 +159,8 @@ class Trainer:
 
     def _on_pipeline_token_loss(self, token_loss_BT: torch.Tensor, domain_B: torch.Tensor,
                                 labels_BT: torch.Tensor) -> None:
-        if self.engine.module.training:  # evaluation reads DomainLoss.totals() instead
+        # Evaluation reads DomainLoss.totals() instead; tensor-parallel ranks hold the same losses.
+        if self.engine.module.training and self.topology.counts_losses:
             self.statistics.add_losses(token_loss_BT, domain_B, None, labels_BT)
 
     def _prepare_run_dir(self) -> None:
