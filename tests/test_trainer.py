@@ -46,6 +46,7 @@ def test_python_run_writes_metrics_checkpoint_and_config(synthetic_data, tmp_pat
     for name in ("model.safetensors", "trainer.json", "data.json", "config.yml", "mixer", "deepspeed"):
         assert (ckpt / name).exists(), name
     assert "eval step 4" in proc.stderr
+    assert "mixing over 3 domains, 4 steps of 8 x 32 tokens; layout pipe 1 x tensor 1 x data 1 on 1 cpu" in proc.stderr
 
 
 def test_two_processes_match_one(synthetic_data, tmp_path):

@@ -206,7 +206,21 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ the loop
 
+    def summary(self) -> str:
+        """One line on what this run is: model, mixing, schedule, layout, precision."""
+        from neox.model.gpt_neox import build_model, count_parameters
+
+        cfg, topo = self.cfg, self.topology
+        params = count_parameters(build_model(cfg.model, device="meta"))
+        precision = "bf16" if self.engine.bfloat16_enabled() else "fp16" if self.engine.fp16_enabled() else "fp32"
+        zero = cfg.deepspeed.get("zero_optimization", {}).get("stage", 0)
+        return (f"{cfg.name}: {params / 1e6:.1f}M-parameter model, {cfg.mixing.method} mixing over "
+                f"{self.num_domains} domains, {self.total_steps} steps of {cfg.data.global_batch_sequences} x "
+                f"{cfg.data.seq_len_tokens} tokens; layout pipe {topo.pipe} x tensor {topo.tensor} x data {topo.data} "
+                f"on {topo.world_size} {self.device.type} process(es), ZeRO-{zero}, {precision}")
+
     def fit(self) -> None:
+        self.console(self.summary())
         for cb in self.callbacks:
             cb.on_fit_start(self)
         while self.step < self.total_steps:
