@@ -43,7 +43,8 @@ def test_doge_update_by_hand():
     log_w = np.log(np.full(3, 1 / 3))
     for t in range(1, 4):
         mixer.observe(make_stats(t, gram))
-        w_scores = gram.sum(axis=1)  # [5.5, 2.8, 1.3]
+        # [5.5, 2.8, 1.3] / mean gradient norm (the reference always normalises; norms < 5: no clipping)
+        w_scores = gram.sum(axis=1) / (np.mean([2.0, np.sqrt(2.0), 1.0]) + 1e-6)
         log_w = log_w + np.clip(lr * w_scores, 0, 5 * lr) / mu
         expected = np.exp(log_w) / np.exp(log_w).sum()
         log_w = np.log(expected)

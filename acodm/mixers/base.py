@@ -38,6 +38,9 @@ class StepStats:
     probe_norms: np.ndarray | None = None  # (P,) Frobenius norms of the P state-probe weight matrices
     ref_loss_sum: np.ndarray | None = None  # (K,) DoReMi: reference model's per-token loss sums
     excess_loss_sum: np.ndarray | None = None  # (K,) DoReMi: sum over tokens of max(l_theta - l_ref, 0)
+    # The LM learning rate in force during this step (the scheduler's value the optimizer stepped with).
+    # DoGE scales its update by it (the reference's lr_t); None = the mixer's configured fallback.
+    lr: float | None = None
 
     @property
     def loss_mean(self) -> np.ndarray:

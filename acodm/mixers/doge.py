@@ -4,28 +4,64 @@ W_i = ⟨g_i, Σ_j g_j⟩ (train domains = target domains), read off the Gram ma
 that the trainer collects (acodm/alignment.py). The update is the closed form of
 argmin_α η⟨−W, α⟩ + μ·KL(α ‖ α_t):  log α ← log α + η·W/μ, then softmax.
 
-η is the *model's* learning rate: DoGE's weight update is the first-order effect of the model's own
-SGD step η Σ_i α_i g_i on every domain's loss, so the natural default is the LM learning rate (1e-3 for
-the small Pythia configs). μ = 0.01 and the clipping of the scores η·W to [0, 5η] follow the released
-config. The reported output of DoGE is the time average of α (``average_weights()``).
+Defaults follow the released code, Olivia-fsm/DoGE ``src/trainer.py`` at 88400e9
+(``update_domain_weights_distributed``, L719-L770, the path of the released ``config/doge.json``):
+
+- each domain's gradient is clipped to ``max_grad_norm`` = 5.0 before the scores (L733-L734,
+  ``clip_grad_norm_``: factor min(1, c / (‖g_i‖ + 1e-6))). From the Gram this is
+  G_ij · f_i · f_j with f_i computed from ‖g_i‖ = sqrt(G_ii). The reference clips by the norm over all
+  model parameters and its rows hold the whole model's gradient (``selected_modules`` is None outside
+  the cancellation study), so the clipped vector is the one in the Gram; ours holds the probe layers only,
+  so we clip by the probe-layer norm, which is <= the whole model's (our clipping is never stronger).
+- W_i = Σ_j G_ij *including* the self term: the reference's ``set(train_ids) == set(tgt_ids)`` branch
+  that drops the diagonal (L753-L754) compares sets of 0-d tensors, which hash by identity, so it is never
+  taken and L756 always runs. ``exclude_self`` keeps the self-free form as an option.
+- W is divided by mean_k ‖g_k‖ + 1e-6 over *every* train domain (L758-L759), then η·W/(…) is clipped to
+  [0, 5η] (L760, ``dw_min`` 0, ``dw_max`` 5).
+- η is the scheduled LM learning rate of the step, ``lr_scheduler.get_last_lr()[0]`` read before the
+  optimizer and scheduler step (L750; the step is at L1861-L1866): ``StepStats.lr`` when the trainer
+  gives it, else ``DoGEConfig.lr``.
+- μ = 0.01 (``config/doge.json``; the argument default is 0.05).
+- Absent domains keep their last gradient row (``flat_grad_mat`` is only overwritten for domains present
+  in the step, L725-L737; never-seen rows are 0, L418). Only the Gram reaches this mixer, so with
+  ``absent_domains="keep_last"`` we keep the last known (clipped) Gram entry of every pair: entries that
+  involve an absent domain take their last measured value. The diagonal (the stale row's norm) is then
+  exact; a cross term ⟨g_i^stale, g_j^now⟩ of the reference becomes ⟨g_i^stale, g_j^then⟩, measured
+  the last time both domains were present together (0 if they never were). Both agree exactly while
+  gradients do not change between steps. ``absent_domains="zero"`` is this project's earlier form:
+  absent domains score 0 and the norm mean runs over present domains only.
+
+Not reproduced: the reference re-weights the step's *gradient* with the new α (L769); here α is a
+sampling distribution for the next steps, and the weights keep ``floor`` (the reference has none).
+The reported output of DoGE is the time average of α (``average_weights()``; L767 excludes the initial
+weights as the base class does).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from acodm.mixers.base import Mixer, MixerNeeds, StepStats, resolve_initial_weights, stable_softmax
 
+DOGE_ABSENT = ("keep_last", "zero")
+_NORM_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ and DoGE's avg_norm + 1e-6
+
 
 @dataclass
 class DoGEConfig:
-    lr: float = 1e-3  # η: the LM learning rate (see module docstring)
+    # η when StepStats.lr is None (the reference falls back to 1e-4 without a scheduler). The trainer
+    # should pass the scheduled LM learning rate of the step instead (see module docstring).
+    lr: float = 1e-3
     mu: float = 0.01  # μ: strength of the KL (Bregman) proximity term; smaller = bigger steps
-    exclude_self: bool = False  # W_i = Σ_{j≠i} G_ij instead of Σ_j G_ij
-    normalize_by_mean_norm: bool = False  # divide W by mean_k ||g_k|| over present domains
+    exclude_self: bool = False  # W_i = Σ_{j≠i} G_ij instead of Σ_j G_ij (reference: self term kept)
+    normalize_by_mean_norm: bool = True  # divide W by mean_k ||g_k|| (the reference always does)
     clip_scores: bool = True  # clip η·W to [0, 5η] as in the released config
+    # Per-domain gradient clipping before the scores (the reference's max_grad_norm); None or 0 = off.
+    max_grad_norm: float | None = 5.0
+    absent_domains: str = "keep_last"  # "keep_last" (reference, see docstring) | "zero"
     floor: float = 1e-3  # min weight of every domain
     initial_weights: dict[str, float] | None = None  # domain -> weight; None = uniform
 
@@ -34,18 +70,31 @@ class DoGEConfig:
             raise ValueError(f"mixing.lr must be > 0, got {self.lr}")
         if not self.mu > 0:
             raise ValueError(f"mixing.mu must be > 0, got {self.mu}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise ValueError(f"mixing.max_grad_norm must be a finite number >= 0 or null, got {self.max_grad_norm}")
+        if self.absent_domains not in DOGE_ABSENT:
+            raise ValueError(f"mixing.absent_domains must be one of {DOGE_ABSENT}, got {self.absent_domains!r}")
+
+
+def clip_gram(gram: np.ndarray, max_grad_norm: float | None) -> np.ndarray:
+    """(K, K) Gram of the clipped gradients f_i g_i, f_i = min(1, c / (‖g_i‖ + 1e-6)) as clip_grad_norm_."""
+    if not max_grad_norm:
+        return gram
+    norms = np.sqrt(np.maximum(np.diag(gram), 0.0))  # (K,)
+    factor = np.minimum(1.0, max_grad_norm / (norms + _NORM_EPS))
+    return gram * np.outer(factor, factor)
 
 
 def doge_scores(gram: np.ndarray, present: np.ndarray, exclude_self: bool, normalize_by_mean_norm: bool) -> np.ndarray:
-    """(K,) W_i = ⟨g_i, Σ_j g_j⟩ over present domains (absent domains score 0)."""
+    """(K,) W_i = ⟨g_i, Σ_j g_j⟩ over the ``present`` rows (others 0), optionally / (mean ‖g_k‖ + 1e-6)."""
     g = np.where(np.outer(present, present), gram, 0.0)  # (K, K)
     w = g.sum(axis=1)
     if exclude_self:
         w = w - np.diag(g)
     if normalize_by_mean_norm:
         mean_norm = float(np.mean(np.sqrt(np.maximum(np.diag(g)[present], 0.0)))) if present.any() else 0.0
-        w = w / mean_norm if mean_norm > 0 else np.zeros_like(w)
-    return w
+        w = w / (mean_norm + _NORM_EPS)
+    return np.where(present, w, 0.0)
 
 
 class DoGEMixer(Mixer):
@@ -57,12 +106,23 @@ class DoGEMixer(Mixer):
         self.config = config
         self._weights = resolve_initial_weights(config.initial_weights, self.domains, self.floor)
         self._log_weights = np.log(np.maximum(self._weights, 1e-300))
+        k = self.num_domains
+        # Last known clipped Gram entries (the reference's stale gradient rows); never-seen rows are 0.
+        self._last_gram = np.zeros((k, k))
+        self._seen = np.zeros(k, dtype=bool)
+
+    def _step_lr(self, stats: StepStats) -> float | None:
+        if stats.lr is None:
+            return self.config.lr
+        lr = float(stats.lr)
+        return lr if math.isfinite(lr) and lr >= 0 else None
 
     def _observe(self, stats: StepStats) -> dict[str, float]:
         cfg = self.config
         tokens = np.asarray(stats.token_count, dtype=np.float64)
         present = tokens > 0
-        if stats.gram is None:
+        lr = self._step_lr(stats)
+        if stats.gram is None or lr is None:
             self._skipped_total += 1
             return {}
         gram = np.asarray(stats.gram, dtype=np.float64)
@@ -71,24 +131,39 @@ class DoGEMixer(Mixer):
             self._skipped_total += 1  # one bad Gram entry poisons every W_i: skip the whole step
             return {}
         with np.errstate(over="ignore", invalid="ignore"):
-            w = doge_scores(gram, present, cfg.exclude_self, cfg.normalize_by_mean_norm)
-            scores = cfg.lr * w
+            clipped = clip_gram(np.where(np.outer(present, present), gram, 0.0), cfg.max_grad_norm)
+            if cfg.absent_domains == "keep_last":
+                known = self._last_gram.copy()
+                known[np.ix_(present, present)] = clipped[np.ix_(present, present)]
+                seen = self._seen | present
+                w = doge_scores(known, seen, cfg.exclude_self, normalize_by_mean_norm=False)
+                if cfg.normalize_by_mean_norm:
+                    # mean over every domain's last row, never-seen rows counting as 0 (L418, L758)
+                    w = w / (float(np.mean(np.sqrt(np.maximum(np.diag(known), 0.0)))) + _NORM_EPS)
+            else:
+                w = doge_scores(clipped, present, cfg.exclude_self, cfg.normalize_by_mean_norm)
+            scores = lr * w
             if cfg.clip_scores:
-                scores = np.clip(scores, 0.0, 5.0 * cfg.lr)
+                scores = np.clip(scores, 0.0, 5.0 * lr)
             candidate = self._log_weights + scores / cfg.mu
-        if not np.all(np.isfinite(candidate)):
+        if not (np.all(np.isfinite(candidate)) and np.all(np.isfinite(w))):
             self._skipped_total += 1
             return {}
-        # Absent domains have no gradient this step: their score is 0 (they keep their log weight and
-        # lose mass only through the renormalisation), as in DoGE with a domain missing from a batch.
+        if cfg.absent_domains == "keep_last":
+            self._last_gram, self._seen = known, seen
         p = stable_softmax(candidate)
         self._set_weights(p)
         # Keep log weights of the floored distribution so the next step starts from what was used.
         self._log_weights = np.log(np.maximum(self._weights, 1e-300))
-        return {"mixer/reward": float(np.mean(w))}
+        return {"mixer/reward": float(np.mean(w)), "mixer/lr": lr}
 
     def _state_dict(self) -> dict:
-        return {"log_weights": self._log_weights.copy()}
+        return {"log_weights": self._log_weights.copy(), "last_gram": self._last_gram.copy(),
+                "seen": self._seen.copy()}  # fmt: skip
 
     def _load_state_dict(self, sd: dict) -> None:
         self._log_weights = np.asarray(sd["log_weights"], dtype=np.float64).copy()
+        k = self.num_domains
+        # States saved before the stale-row memory existed start it empty (as a fresh run does).
+        self._last_gram = np.asarray(sd.get("last_gram", np.zeros((k, k))), dtype=np.float64).copy()
+        self._seen = np.asarray(sd.get("seen", np.zeros(k, dtype=bool)), dtype=bool).copy()
