@@ -76,17 +76,22 @@ def test_doge_skips_bad_gram():
 
 def test_doremi_update_by_hand():
     eta, c = 1.0, 1e-3
-    mixer = build_mixer("doremi", DOMAINS, 50, 0, lr=eta, smoothing=c)
-    tokens = np.array([100.0, 50.0, 0.0])  # domain c absent: λ = 0
+    mixer = build_mixer("doremi", DOMAINS, 50, 0, lr=eta, smoothing=c, vocab_size=4096)
+    tokens = np.array([100.0, 50.0, 0.0])  # domain c absent: keeps its initial score ln|V|
     excess_sum = np.array([30.0, 5.0, 0.0])
     alpha = np.full(3, 1 / 3)
-    history = []
+    history = [alpha]  # the reference's average starts from the initial weights
     for t in range(1, 4):
         mixer.observe(make_stats(t, excess=excess_sum, tokens=tokens))
-        lam = np.array([0.3, 0.1, 0.0])
+        lam = np.array([0.3, 0.1, np.log(4096)])
         a_prime = alpha * np.exp(eta * lam)
         alpha = (1 - c) * a_prime / a_prime.sum() + c / 3
         history.append(alpha)
         np.testing.assert_allclose(mixer.weights(), alpha, atol=1e-12)
     np.testing.assert_allclose(mixer.average_weights(), np.mean(history, axis=0), atol=1e-12)
+    # this project's earlier form: absent domains score 0 for the step
+    zero = build_mixer("doremi", DOMAINS, 50, 0, lr=eta, smoothing=c, absent_domains="zero")
+    zero.observe(make_stats(1, excess=excess_sum, tokens=tokens))
+    a_prime = np.exp(eta * np.array([0.3, 0.1, 0.0]))
+    np.testing.assert_allclose(zero.weights(), (1 - c) * a_prime / a_prime.sum() + c / 3, atol=1e-12)
     assert mixer.needs.reference_losses and not mixer.needs.alignment
