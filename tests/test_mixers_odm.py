@@ -29,17 +29,19 @@ def test_exp3_matches_formula():
     mixer = build_mixer("odm", DOMAINS, 100, 0, variant="exp3", alpha=alpha, floor=0.0)
     rng = np.random.default_rng(1)
     losses = rng.uniform(1.0, 6.0, size=(12, 3))
-    # Hand-written EXP3: R̂ ← αR̂ + (1−α) L/π_t ;  π_{t+1} = (1 − Kε_{t+1}) softmax(ε_t R̂) + ε_{t+1}
+    # Hand-written EXP3: R̂ ← αR̂ + (1−α) L/π ; after step t π = (1 − Kε_t) softmax(ε_{t−1} R̂) + ε_t with
+    # ε_0 = 1/K (the released code's indexing: ε of the completed step, ε_prev of the previous update)
     r_hat = np.zeros(3)
     pi = np.full(3, 1 / 3)
+    eps_prev = 1 / 3
     for t in range(1, 13):
         np.testing.assert_allclose(mixer.weights(), pi, rtol=0, atol=1e-12)
         mixer.observe(stats_for(t, losses[t - 1]))
         r_hat = alpha * r_hat + (1 - alpha) * losses[t - 1] / pi
         eps_t = min(1 / 3, math.sqrt(math.log(3) / (3 * t)))
-        eps_next = min(1 / 3, math.sqrt(math.log(3) / (3 * (t + 1))))
-        e = np.exp(eps_t * r_hat)
-        pi = (1 - 3 * eps_next) * e / e.sum() + eps_next
+        e = np.exp(eps_prev * r_hat)
+        pi = (1 - 3 * eps_t) * e / e.sum() + eps_t
+        eps_prev = eps_t
     np.testing.assert_allclose(mixer.weights(), pi, rtol=0, atol=1e-12)
     # after 12 steps ε is below 1/K, so the policy is no longer uniform: the test had something to check
     assert np.ptp(pi) > 1e-3
@@ -59,12 +61,11 @@ def test_smoothed_mean_matches_formula():
     mixer = build_mixer("odm", DOMAINS, 100, 0, variant="smoothed_mean", alpha=alpha, floor=0.0)
     rng = np.random.default_rng(2)
     losses = rng.uniform(1.0, 4.0, size=(8, 3))
-    r_hat = np.exp(losses[0])  # first observation initialises R̂ (documented in SmoothedMeanSampler)
+    r_hat = np.zeros(3)  # the released code starts R̂ at 0
     for t in range(1, 9):
         mixer.observe(stats_for(t, losses[t - 1]))
-        if t > 1:
-            r_hat = alpha * r_hat + (1 - alpha) * np.exp(losses[t - 1])
-        eps = min(1 / 3, math.sqrt(math.log(3) / (3 * (t + 1))))
+        r_hat = alpha * r_hat + (1 - alpha) * np.exp(losses[t - 1])
+        eps = min(1 / 3, math.sqrt(math.log(3) / (3 * t)))
         expected = (1 - 3 * eps) * r_hat / r_hat.sum() + eps
         np.testing.assert_allclose(mixer.weights(), expected, rtol=0, atol=1e-12)
 
@@ -72,10 +73,12 @@ def test_smoothed_mean_matches_formula():
 def test_warmup_keeps_initial_weights():
     init = {"a": 0.7, "b": 0.2, "c": 0.1}
     mixer = build_mixer("odm", DOMAINS, 100, 0, warmup_steps=5, initial_weights=init, floor=0.0)
-    for t in range(1, 5):
+    # the released code updates only when t > warmup_steps: steps 1..6 run on the initial weights
+    for t in range(1, 6):
         mixer.observe(stats_for(t, np.array([1.0, 2.0, 3.0])))
         np.testing.assert_allclose(mixer.weights(), [0.7, 0.2, 0.1])
-    mixer.observe(stats_for(5, np.array([1.0, 2.0, 3.0])))
+    assert np.all(mixer._exp3_reward == 0.0)  # and no reward updates during warm-up
+    mixer.observe(stats_for(6, np.array([1.0, 2.0, 3.0])))
     assert not np.allclose(mixer.weights(), [0.7, 0.2, 0.1])
 
 

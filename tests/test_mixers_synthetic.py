@@ -54,7 +54,8 @@ def run(mixer, steps: int, seed: int = 0) -> list[np.ndarray]:
     [
         ("doge", {}, 30, 1.5),
         ("odm", {"variant": "exp3"}, 200, 1.1),
-        ("odm", {"variant": "smoothed_mean", "alpha": 0.5}, 10, 1.5),
+        # 12 steps: the released code's weights after step t use ε_t (not ε_{t+1}), one step more exploration
+        ("odm", {"variant": "smoothed_mean", "alpha": 0.5}, 12, 1.5),
         ("doremi", {}, 30, 1.5),
     ],
 )
