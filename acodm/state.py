@@ -1,16 +1,33 @@
 """AC-ODM state features from per-domain statistics (methods.md, "State s_t").
 
-Blocks, in this order (z(v) = clamp((v − mean v)/(std v + 1e-8), −3, 3) over the entries of a block):
+Blocks, in this order (z(v) = clamp((v − mean v)/(std v + 1e-8), −3, 3) over the entries of a block,
+std with N − 1 in the denominator as torch.std):
 
     loss               z(per-domain mean training loss this step)             K
     loss_change        z(loss − the PREVIOUS step's loss)                     K
     sample_count       z(per-domain sample counts this step)                  K
-    probe_norm         z(Frobenius norms of the P probe matrices)             P
-    probe_norm_change  z(norms − the PREVIOUS step's norms)                   P
+    probe_norm         z(Frobenius norms ‖W_p‖_F of the P probe matrices)      P
+    probe_norm_change  z(‖W_p,t‖_F − ‖W_p,t−1‖_F), see below                  P
     progress           step / total_steps × progress_scale (not z-scored)     1
 
-dim = 3K + 2P + 1 (85 for K = 22, P = 9). The released code measures both "change" blocks against the
-first step ever; we use the previous step (methods.md defect 3).
+dim = 3K + 2P + 1 (85 for K = 22, P = 9).
+
+What the released code does (DANG-ai/AC-ODM at e95863e, ``megatron/data/agent.py``):
+- z is ``mean_std_norm`` (L16-L20): ``tensor.std()``, the unbiased (N − 1) estimate, + 1e-8, clamp ±3.
+  ``zscore`` here uses the same (ddof=1); a block of one entry has no spread and gives 0 (torch: NaN).
+- The state is assembled in ``update_pools`` (L349-L376), which runs on the micro-batch that completes
+  the accumulation *before* the optimizer step (``megatron/training.py`` L880 then ``model.step()`` L897;
+  L1937 then L1941), so the probe matrices W_t are read before step t's update.
+- Both "change" blocks are measured against the FIRST step ever: ``last_domain_loss`` and
+  ``last_weights_list`` are set only in the ``else`` branch taken on the first call (L360-L367). The
+  norm-change block is ‖W_p,t − W_p,first‖_F, the Frobenius norm of the matrix's change since the first
+  step (L362), not a change of its norm.
+This module measures both changes against the previous step (methods.md defect 3). For the probe block
+the spec's ``probe_change`` chooses the feature:
+- ``"norm_diff"`` (default, this project's): ‖W_p,t‖_F − ‖W_p,t−1‖_F, computed here from the norms.
+- ``"weight_change"``: the caller passes ``probe_change_norms`` = ‖W_p,t − W_p,ref‖_F to ``build``
+  (W_ref = the previous step's matrices for the fix of defect 3, the first step's to reproduce the
+  released code); only the trainer holds the matrices.
 
 Absent or non-finite statistics: a domain without tokens (or with a non-finite loss) carries its last
 known loss, so its loss change is 0; before a domain's first loss it takes the mean of this step's known
@@ -26,11 +43,15 @@ import numpy as np
 BLOCK_NAMES = ("loss", "loss_change", "sample_count", "probe_norm", "probe_norm_change", "progress")
 
 
-def zscore(v: np.ndarray, clip: float = 3.0) -> np.ndarray:
+PROBE_CHANGE = ("norm_diff", "weight_change")
+
+
+def zscore(v: np.ndarray, clip: float = 3.0, ddof: int = 1) -> np.ndarray:
+    """clamp((v − mean)/(std + 1e-8), ±clip); ddof=1 as torch.std in the reference's mean_std_norm."""
     v = np.asarray(v, dtype=np.float64)
-    if v.size == 0:
-        return v
-    return np.clip((v - v.mean()) / (v.std() + 1e-8), -clip, clip)
+    if v.size <= ddof:
+        return np.zeros_like(v)  # no spread to measure (the reference's torch.std gives NaN here)
+    return np.clip((v - v.mean()) / (v.std(ddof=ddof) + 1e-8), -clip, clip)
 
 
 @dataclass(frozen=True)
@@ -42,8 +63,12 @@ class StateSpec:
     blocks: tuple[tuple[str, int], ...] = field(default=())
     # progress feature = step / total_steps × progress_scale. The paper uses 100 (a percentage).
     progress_scale: float = 100.0
+    # probe_norm_change feature: "norm_diff" | "weight_change" (module docstring)
+    probe_change: str = "norm_diff"
 
     def __post_init__(self) -> None:
+        if self.probe_change not in PROBE_CHANGE:
+            raise ValueError(f"probe_change must be one of {PROBE_CHANGE}, got {self.probe_change!r}")
         k, p = len(self.domains), self.num_probes
         expected = (("loss", k), ("loss_change", k), ("sample_count", k), ("probe_norm", p),
                     ("probe_norm_change", p), ("progress", 1))  # fmt: skip
@@ -71,7 +96,8 @@ class StateSpec:
     def from_dict(cls, d: dict) -> StateSpec:
         return cls(domains=tuple(d["domains"]), num_probes=int(d["num_probes"]),
                    blocks=tuple((n, int(s)) for n, s in d["blocks"]),
-                   progress_scale=float(d.get("progress_scale", 100.0)))  # fmt: skip
+                   progress_scale=float(d.get("progress_scale", 100.0)),
+                   probe_change=str(d.get("probe_change", "norm_diff")))  # fmt: skip
 
     def check_compatible(self, other: StateSpec, what: str = "the loaded actor") -> None:
         """Raise a clear error if ``other`` (what an actor was trained on) differs from this run's spec."""
@@ -98,6 +124,11 @@ class StateSpec:
                 f"{what} was trained with progress_scale={other.progress_scale}, this run uses "
                 f"{self.progress_scale}; set mixing.progress_scale to match"
             )
+        if other.probe_change != self.probe_change:
+            raise ValueError(
+                f"{what} was trained with the probe-change feature {other.probe_change!r}, this run builds "
+                f"{self.probe_change!r}; use the same feature"
+            )
 
 
 class StateBuilder:
@@ -113,14 +144,18 @@ class StateBuilder:
         self.num_built = 0
 
     def build(self, step: int, total_steps: int, loss_mean: np.ndarray, sample_count: np.ndarray,
-              probe_norms: np.ndarray | None) -> np.ndarray:  # fmt: skip
-        """(dim,) float32 state after a step with these statistics; updates the memory."""
+              probe_norms: np.ndarray | None, probe_change_norms: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """(dim,) float32 state after a step with these statistics; updates the memory.
+
+        ``probe_change_norms`` (P,) = ‖W_p,t − W_p,ref‖_F is read only when the spec's probe_change is
+        "weight_change" (missing or non-finite entries give 0 for the step).
+        """
         # Extreme finite inputs may overflow inside the z-scores; the result is sanitised below.
         with np.errstate(all="ignore"):
-            return self._build(step, total_steps, loss_mean, sample_count, probe_norms)
+            return self._build(step, total_steps, loss_mean, sample_count, probe_norms, probe_change_norms)
 
     def _build(self, step: int, total_steps: int, loss_mean: np.ndarray, sample_count: np.ndarray,
-               probe_norms: np.ndarray | None) -> np.ndarray:  # fmt: skip
+               probe_norms: np.ndarray | None, probe_change_norms: np.ndarray | None) -> np.ndarray:  # fmt: skip
         k, p = self.spec.num_domains, self.spec.num_probes
         loss_mean = np.asarray(loss_mean, dtype=np.float64)
         fresh = np.isfinite(loss_mean)
@@ -147,7 +182,15 @@ class StateBuilder:
                 )
             ok = np.isfinite(given)
             norms[ok] = given[ok]
-        norm_change = norms - self.prev_norms if self.num_built > 0 else np.zeros(p)
+        if self.spec.probe_change == "weight_change":
+            norm_change = np.zeros(p)
+            if probe_change_norms is not None and p > 0:
+                given = np.asarray(probe_change_norms, dtype=np.float64)
+                if given.shape != (p,):
+                    raise ValueError(f"probe_change_norms has shape {given.shape}, the state expects ({p},)")
+                norm_change = np.where(np.isfinite(given), given, 0.0)
+        else:
+            norm_change = norms - self.prev_norms if self.num_built > 0 else np.zeros(p)
 
         progress = np.array([self.spec.progress_scale * step / max(total_steps, 1)])
         state = np.concatenate([zscore(loss), zscore(loss_change), zscore(counts), zscore(norms),

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def z(v):
+    # std with N - 1 as torch.std in the reference's mean_std_norm (DANG-ai/AC-ODM megatron/data/agent.py L16-L20)
     v = np.asarray(v, dtype=np.float64)
-    return np.clip((v - v.mean()) / (v.std() + 1e-8), -3, 3)
+    return np.clip((v - v.mean()) / (v.std(ddof=1) + 1e-8), -3, 3)
 
 
 def test_state_features_by_hand():
