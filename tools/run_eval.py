@@ -2,13 +2,19 @@
 
     python tools/run_eval.py MODEL_DIR|RUN_DIR|CHECKPOINT_DIR --suite mmlu|humaneval|paper|task1,task2
         [--num-fewshot N] [--limit N] [--include-path DIR] [--batch-size N|auto] [--device cpu]
-        [--allow-code-execution] --out FILE.json
+        [--allow-code-execution] [--data-source auto|hub|local] [--eval-data DIR] [--max-gen-toks N]
+        --out FILE.json
 
-Suites: mmlu (0- and 5-shot, two runs), humaneval (pass@1; runs model-written code, so only with
---allow-code-execution), paper (lambada_openai, piqa, winogrande, arc_easy, sciq, wikitext,
-openbookqa). Writes FILE.json (task -> metric -> value per run, n-shot, limit, lm-eval version) and a
-markdown table to FILE.md. Offline machines need the task datasets in the Hugging Face cache
-(HF_DATASETS_CACHE, with HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1) or local tasks via --include-path.
+Suites: mmlu (0- and 5-shot, two runs), humaneval (pass@1, greedy; runs model-written code, so only
+with --allow-code-execution), paper (lambada_openai, piqa, winogrande, arc_easy, sciq, wikitext,
+openbookqa). Writes FILE.json (task -> metric -> value per run, n-shot, limit, lm-eval version, where
+the tasks came from) and a markdown table to FILE.md.
+
+Offline: mmlu and humaneval run from the local tasks that tools/get_eval_data.py writes into
+--eval-data (default data/eval) whenever the Hugging Face Hub is not reachable (or HF_HUB_OFFLINE=1),
+with lm-eval's task names and metrics; --data-source local forces them, hub forbids them. Other tasks
+need their datasets in the Hugging Face cache (HF_DATASETS_CACHE, with HF_DATASETS_OFFLINE=1
+HF_HUB_OFFLINE=1) or local tasks via --include-path.
 """
 
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
@@ -53,17 +59,29 @@ def main(argv: "list[str] | None" = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ...")
     parser.add_argument("--allow-code-execution", action="store_true",
                         help="allow tasks that execute model-generated code (humaneval); use a sandbox")
+    parser.add_argument("--data-source", choices=["auto", "hub", "local"], default="auto",
+                        help="mmlu/humaneval tasks: lm-eval's (hub), get_eval_data's (local), or local when "
+                             "the Hub is not reachable (auto, default)")
+    parser.add_argument("--eval-data", default="data/eval", metavar="DIR",
+                        help="folder written by tools/get_eval_data.py (default: %(default)s)")
+    parser.add_argument("--max-gen-toks", type=int, default=None, metavar="N",
+                        help="cap on generated tokens for generate_until tasks (humaneval: 1024), for models "
+                             "with a shorter context; recorded in the report")
     parser.add_argument("--bootstrap-iters", type=int, default=100000,
                         help="bootstrap resamples for standard errors that have no closed form")
     parser.add_argument("--out", required=True, metavar="FILE.json")
     args = parser.parse_args(argv)
+    if args.max_gen_toks is not None and args.max_gen_toks < 1:
+        parser.error(f"--max-gen-toks must be >= 1, got {args.max_gen_toks}")
 
     from neox.evaluation import EvalError, results_markdown, run_suite
 
     try:
         report = run_suite(args.model, args.suite, num_fewshot=args.num_fewshot, limit=args.limit,
                            include_path=args.include_path, batch_size=args.batch_size, device=args.device,
-                           allow_code_execution=args.allow_code_execution, bootstrap_iters=args.bootstrap_iters)
+                           allow_code_execution=args.allow_code_execution, bootstrap_iters=args.bootstrap_iters,
+                           eval_data_dir=args.eval_data, data_source=args.data_source,
+                           gen_kwargs=None if args.max_gen_toks is None else {"max_gen_toks": args.max_gen_toks})
     except EvalError as e:
         print(f"run_eval: error: {e}", file=sys.stderr)
         return 2

