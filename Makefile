@@ -1,6 +1,8 @@
 # make test : set up a virtual environment on a fresh machine and run the whole test suite (CPU).
 # make demo : set up, build the offline demo corpus, train its tokenizer, preprocess, train configs/demo_cpu.yml
 #             with AC-ODM on the CPU, then print a per-domain summary and write a plot in the run directory.
+# make eval-demo : a short demo proxy -> target pair (runs/eval_demo), then MMLU and HumanEval on the target from
+#             the offline task data (tools/get_eval_data.py), with --limit so it takes minutes on 2 CPU cores.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +13,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo demo-data compare clean-demo
+.PHONY: setup test demo demo-data compare clean-demo eval-demo
 
 $(VENV)/.installed: pyproject.toml requirements.txt
 	python3 -m venv $(VENV)
@@ -46,6 +48,28 @@ demo: setup demo-data
 
 compare: setup demo-data
 	bash tools/compare_demo.sh
+
+EVAL_DATA ?= data/eval
+EVAL_RUN ?= runs/eval_demo
+EVAL_STEPS ?= 100
+EVAL_LIMIT ?= 4
+
+$(EVAL_RUN)/target/checkpoints/latest: | setup demo-data
+	$(PY) train.py configs/demo_proxy.yml schedule.train_steps=$(EVAL_STEPS) logging.run_dir=$(EVAL_RUN)/proxy
+	$(PY) tools/export_actor.py $(EVAL_RUN)/proxy -o $(EVAL_RUN)/proxy/actor
+	$(PY) train.py configs/demo_target.yml schedule.train_steps=$(EVAL_STEPS) \
+		mixing.acodm_frozen.actor=$(EVAL_RUN)/proxy/actor logging.run_dir=$(EVAL_RUN)/target
+
+$(EVAL_DATA)/%/source.json: | setup
+	$(PY) tools/get_eval_data.py $* --out $(EVAL_DATA)
+
+# MMLU: --limit questions per subject (57 subjects), 0- and 5-shot. HumanEval: 4x --limit problems, greedy, at most
+# 128 new tokens (the demo model has 256 positions; lm-eval's 1024 would not fit).
+eval-demo: $(EVAL_RUN)/target/checkpoints/latest $(EVAL_DATA)/mmlu/source.json $(EVAL_DATA)/humaneval/source.json
+	$(PY) tools/run_eval.py $(EVAL_RUN)/target --suite mmlu --data-source local --eval-data $(EVAL_DATA) --limit $(EVAL_LIMIT) \
+		--out $(EVAL_RUN)/eval/mmlu.json
+	$(PY) tools/run_eval.py $(EVAL_RUN)/target --suite humaneval --data-source local --eval-data $(EVAL_DATA) \
+		--limit $$(( 4 * $(EVAL_LIMIT) )) --max-gen-toks 128 --allow-code-execution --out $(EVAL_RUN)/eval/humaneval.json
 
 clean-demo:
 	rm -rf $(DEMO) $(RUN_DIR)
