@@ -13,7 +13,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo demo-data compare clean-demo eval-demo
+.PHONY: setup test test-fast demo demo-data compare clean-demo eval-demo
 
 $(VENV)/.installed: pyproject.toml requirements.txt
 	python3 -m venv $(VENV)
@@ -24,10 +24,18 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# DeepSpeed JIT-builds its CPU shared-memory op on the first distributed start; build it here, with no timeout,
+# so that no test or run compiles it under a time limit (a killed build used to leave a lock that hung every
+# later start; neox/training/ds_ops.py now removes such a lock).
 setup: $(VENV)/.installed
+	$(PY) -m neox.training.ds_ops
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+# The edit-test loop: every test that starts no process (no train.py, launcher, gloo worker or tool run).
+test-fast: $(VENV)/.installed
+	ACODM_TEST_FAST=1 $(PY) -m pytest -q -n 2 -m "not launches" tests
 
 $(DEMO)/corpus/stats.json: | setup
 	$(PY) tools/build_minipile.py --out $(DEMO)/corpus --profile tiny --cache $(CACHE)/minipile --overwrite

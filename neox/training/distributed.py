@@ -40,6 +40,11 @@ def init_distributed(device_pref: str = "auto") -> DistEnv:
         device = torch.device("cpu")
     import deepspeed  # deferred: importing deepspeed is slow and prints accelerator detection
 
+    if not use_cuda:  # DeepSpeed JIT-builds its CPU shared-memory op here; never hang on a killed build's lock
+        from neox.training.ds_ops import ensure_shm_op
+
+        ensure_shm_op()
+
     # Also when torch.distributed is already up (a test harness, an embedding application): DeepSpeed's
     # own comm layer, which the pipeline engine uses, then wraps the existing process group.
     deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False)
