@@ -33,19 +33,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch.distributed as dist
 
+    from neox.data import DataFileError
+    from neox.training.checkpoint import CheckpointError
+    from neox.training.ds_ops import OpBuildError
+    from neox.training.signals import TrainingInterrupted
     from neox.training.trainer import Trainer  # deferred: torch/deepspeed imports are slow
 
+    # Start-up problems with the user's inputs (data, tokenizer, actor, run directory, checkpoints) are one line
+    # and exit code 2, like config errors; anything else keeps its traceback (a bug).
+    user_errors = (DataFileError, CheckpointError, FileNotFoundError, FileExistsError, OpBuildError)
     try:
-        Trainer(cfg).fit()
-    except ConfigError as e:  # found at start-up: a layout that does not fit the world size, a checkpoint's layout
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+        try:
+            trainer = Trainer(cfg)
+        except ConfigError as e:  # found at start-up: a layout that does not fit the world size, a checkpoint's layout
+            return _fail(f"config error: {e}", 2)
+        except user_errors as e:
+            return _fail(f"error: {e}", 2)
+        except KeyboardInterrupt:
+            return _fail("interrupted during start-up; nothing was trained", 130)
+        try:
+            trainer.fit()
+        except TrainingInterrupted as e:
+            return _fail(str(e), e.exit_code)
     finally:
         # Tear the process group down before the interpreter exits: gloo's threads otherwise race the
         # exit and a rank can abort ("terminate called without an active exception") after a good run.
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    """One line from the job's first rank (every rank of a multi-process job hits the same error)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -47,8 +47,12 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
         raise ExportError(f"{path} does not exist; pass a run directory or a checkpoint directory")
     if path.name == "checkpoints" and (path / LATEST).is_file():
         path = path.parent
+    from neox.training.checkpoint import CheckpointError
+
     try:
         ckpt = trainer_resolve(path)
+    except CheckpointError as e:  # damaged: the message names the checkpoint and the file
+        raise ExportError(str(e)) from None
     except FileNotFoundError as e:
         if path.name.startswith("step_") or (path / "trainer.json").exists():
             contents = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"

@@ -126,16 +126,19 @@ class MetricsCallback(Callback):
 class CheckpointCallback(Callback):
     def __init__(self) -> None:
         self._last_saved = -1
+        self._last_path = None
 
-    def _save(self, trainer: "Trainer") -> None:
+    def _save(self, trainer: "Trainer"):
+        """The checkpoint of the current step (written now unless it already was)."""
         if trainer.step == self._last_saved:
-            return
+            return self._last_path
         started = time.perf_counter()
         path = save_checkpoint(trainer)
-        self._last_saved = trainer.step
+        self._last_saved, self._last_path = trainer.step, path
         trainer.console(f"saved checkpoint {path} in {time.perf_counter() - started:.1f}s")
         if trainer.cfg.eval.lm_eval_tasks and trainer.topology.is_main:
             self._lm_eval(trainer, path)
+        return path
 
     @staticmethod
     def _lm_eval(trainer: "Trainer", path) -> None:
@@ -162,5 +165,5 @@ class CheckpointCallback(Callback):
         if trainer.cfg.checkpoint.save_final:
             self._save(trainer)
 
-    def save_now(self, trainer: "Trainer") -> None:
-        self._save(trainer)
+    def save_now(self, trainer: "Trainer"):
+        return self._save(trainer)

@@ -10,14 +10,21 @@ A checkpoint is a directory ``RUN_DIR/checkpoints/step_XXXXXXXX/`` holding
 
 It is written under ``step_XXXXXXXX.tmp`` and renamed when complete; ``checkpoints/latest`` (a text file
 naming the directory) is replaced last, so a run killed mid-write resumes from the previous checkpoint.
+
+``manifest.json`` is written last inside the directory: the size and sha256 of every other file. A checkpoint
+is *verified* when every listed file is there with its size and checksum. Resuming, loading a run's weights
+and deleting old checkpoints all go by it: a damaged latest checkpoint is skipped (one line naming it and why)
+for the newest verified one, and cleanup never deletes the newest verified checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +39,11 @@ if TYPE_CHECKING:
     from neox.training.trainer import Trainer
 
 LATEST = "latest"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(FileNotFoundError):
+    """No usable checkpoint where one was asked for; the message names the checkpoint and what is wrong."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -101,10 +113,13 @@ def save_checkpoint(trainer: "Trainer") -> Path:
 
         weights = {k: v.detach().float().cpu().contiguous() for k, v in weights.items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(trainer.step)})
-        _write_json(tmp / "trainer.json", trainer.state_dict())
+        _write_json(tmp / "trainer.json", {**trainer.state_dict(), MANIFEST: True})  # a lost manifest is seen
         _write_json(tmp / "data.json", trainer.loader.state_dict())
         save_state(tmp / "mixer", trainer.mixer.state_dict())
         save_config(trainer.cfg, tmp / "config.yml")
+    _barrier()  # every rank's DeepSpeed files are on disk before the manifest lists them
+    if main:
+        write_manifest(tmp, trainer.step)
         if final.exists():  # re-saving the same step (e.g. the final save right after an interval save)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -112,7 +127,7 @@ def save_checkpoint(trainer: "Trainer") -> Path:
         latest_tmp = root / (LATEST + ".tmp")
         latest_tmp.write_text(name + "\n")
         latest_tmp.replace(latest)
-        _prune(root, keep_last=trainer.cfg.checkpoint.keep_last)
+        _prune(root, keep_last=trainer.cfg.checkpoint.keep_last, known_good=final)
     _barrier()
     return final
 
@@ -139,38 +154,134 @@ def full_state_dict(trainer: "Trainer", deepspeed_dir: Path) -> dict[str, torch.
     return module.state_dict() if topo.is_main else None
 
 
-def _prune(root: Path, keep_last: int) -> None:
-    complete = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    if keep_last > 0:
-        for old in complete[:-keep_last]:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(ckpt: Path, step: int) -> None:
+    """Size and sha256 of every file in ``ckpt``; written last, so its presence means the rest is complete."""
+    files = {}
+    for path in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST):
+        files[path.relative_to(ckpt).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    _write_json(ckpt / MANIFEST, {"format": 1, "step": step, "files": files})
+
+
+def verify_checkpoint(ckpt: Path) -> str | None:
+    """None if ``ckpt`` matches its manifest, else why not (one phrase naming the file)."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        return "does not exist"
+    try:
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        # Only a complete write is renamed to step_*, so no manifest means a checkpoint written before manifests
+        # (used unverified) -- unless its trainer.json says it had one.
+        try:
+            had_manifest = json.loads((ckpt / "trainer.json").read_text()).get(MANIFEST, False)
+        except FileNotFoundError:
+            return None
+        except (ValueError, AttributeError):
+            return f"has no {MANIFEST} and its trainer.json is unreadable"
+        return f"{MANIFEST} is missing" if had_manifest else None
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
+    for rel, expected in files.items():
+        path = ckpt / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            return f"{rel} has {size} bytes, the manifest says {expected['bytes']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{rel} does not match its sha256 in the manifest"
+    return None
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The renamed (complete-looking) checkpoint directories under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def newest_verified(root: Path, log=None) -> Path | None:
+    """The newest checkpoint under ``root`` that matches its manifest, ``latest`` first; each damaged one
+    skipped on the way is reported in one line."""
+    candidates = complete_checkpoints(root)[::-1]
+    latest = root / LATEST
+    if latest.is_file():
+        named = root / latest.read_text().strip()
+        candidates = [named] + [c for c in candidates if c != named]
+    for ckpt in candidates:
+        problem = verify_checkpoint(ckpt)
+        if problem is None:
+            return ckpt
+        (log or _stderr)(f"checkpoint {ckpt} is damaged ({problem}); skipping it for an older one")
+    return None
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _prune(root: Path, keep_last: int, known_good: Path | None = None) -> None:
+    """Delete all but the ``keep_last`` newest checkpoints, never the newest verified one (``known_good``: one
+    just written and hashed, not read back again)."""
+    if keep_last <= 0:
+        return
+    complete = complete_checkpoints(root)
+    keep = set(complete[-keep_last:])
+    for ckpt in reversed(complete):  # newest first: stop at the first one that proves itself
+        if ckpt == known_good or verify_checkpoint(ckpt) is None:
+            keep.add(ckpt)
+            break
+    for old in complete:
+        if old not in keep:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory (its latest checkpoint) or a checkpoint directory -> the checkpoint directory."""
+def resolve_checkpoint(path: str | Path, log=None) -> Path:
+    """A run directory (its newest verified checkpoint) or a checkpoint directory (verified) -> the checkpoint
+    directory. Raises CheckpointError naming what is damaged or missing."""
     path = Path(path)
     if (path / "model.safetensors").is_file() and (path / "config.yml").is_file():
+        problem = verify_checkpoint(path)
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {path} is damaged: {problem}; use another checkpoint of the run")
         return path
-    latest = path / "checkpoints" / LATEST
-    if latest.is_file():
-        ckpt = path / "checkpoints" / latest.read_text().strip()
-        if ckpt.is_dir():
-            return ckpt
-        raise FileNotFoundError(f"{latest} names {ckpt.name}, which does not exist; the run directory is damaged")
+    root = path / "checkpoints"
+    if (root / LATEST).is_file() or complete_checkpoints(root):
+        ckpt = newest_verified(root, log)
+        if ckpt is None:
+            raise CheckpointError(f"no checkpoint under {root} matches its {MANIFEST} (all are damaged or "
+                                  f"incomplete); start the run afresh in another logging.run_dir")
+        return ckpt
     raise FileNotFoundError(f"{path} is neither a checkpoint directory (with model.safetensors and config.yml) nor "
                             f"a run directory with checkpoints/{LATEST}")
 
 
-def find_resume_checkpoint(cfg: ExperimentConfig, run_dir: Path) -> Path | None:
+def find_resume_checkpoint(cfg: ExperimentConfig, run_dir: Path, log=None) -> Path | None:
+    """The checkpoint to resume from (None: a fresh run). Raises CheckpointError if one is asked for and none
+    can be used."""
     resume = cfg.checkpoint.resume
     if resume == "none":
         return None
     if resume == "auto":
-        try:
-            return resolve_checkpoint(run_dir)
-        except FileNotFoundError:
+        root = Path(run_dir) / "checkpoints"
+        if not (root / LATEST).is_file() and not complete_checkpoints(root):
             return None  # a fresh run: nothing to resume yet
-    return resolve_checkpoint(resume)
+        source = run_dir
+    else:
+        source = resume
+    try:
+        return resolve_checkpoint(source, log)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint.resume={resume}: {e}") from None
 
 
 def cleanup_partial(run_dir: Path) -> list[Path]:
@@ -194,6 +305,49 @@ def load_checkpoint(trainer: "Trainer", ckpt: Path) -> None:
     trainer.load_state_dict(_read_json(ckpt / "trainer.json"))
     trainer.loader.load_state_dict(_read_json(ckpt / "data.json"))
     trainer.mixer.load_state_dict(load_state(ckpt / "mixer"))
+    _resync_lr(trainer.scheduler, trainer.cfg.optimizer.lr)
+
+
+def _resync_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lr: float) -> None:
+    """The optimizer's LR from *this* run's schedule at the restored step. The checkpoint holds the LR the old
+    schedule gave; with the same optimizer.lr and schedule.* this is the same number, with a changed
+    schedule.train_steps (or warm-up, decay, lr) the resumed steps follow the new schedule from the first one on
+    (the schedule's lambda is relative to optimizer.lr: the restored base LR would be the old one)."""
+    step = scheduler.last_epoch
+    scheduler.base_lrs = [base_lr] * len(scheduler.base_lrs)
+    lrs = [base_lr * fn(step) for fn in scheduler.lr_lambdas]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"], group["initial_lr"] = lr, base_lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports for the next step's record
+
+
+def saved_config(ckpt: Path) -> dict[str, Any]:
+    """The resolved config the checkpoint was written with ({} if it has none)."""
+    import yaml
+
+    path = Path(ckpt) / "config.yml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """One line per setting that differs from the checkpoint's config (checkpoint.resume itself excepted)."""
+    old, new = _flatten(previous), _flatten(current)
+    changed = [k for k in sorted(set(old) | set(new)) if k != "checkpoint.resume" and old.get(k) != new.get(k)]
+    lines = [f"resumed with a changed setting: {k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+    if "schedule.train_steps" in changed:
+        lines.append("the LR schedule is recomputed for the new schedule.train_steps: the resumed steps take the "
+                     "new schedule's LR at their step (README: Checkpoints)")
+    return lines
 
 
 def load_model_config(ckpt: Path) -> ModelConfig:

@@ -16,9 +16,25 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _step_of(line: str) -> int | None:
+    """The step of a metrics.jsonl line; -1 for a torn (half-written) line, None for step-less records."""
+    try:
+        return json.loads(line).get("step")
+    except ValueError:
+        return -1
+
+
 class MetricsWriter:
-    def __init__(self, run_dir: Path, cfg: LoggingConfig, config_dict: dict[str, Any]) -> None:
+    """``resume_step``: the run resumes from a checkpoint at this step; records past it (steps that are about to
+    be trained again) and a torn last line are moved to ``metrics.replaced.jsonl``, so metrics.jsonl keeps one
+    record per step, and TensorBoard purges its events past that step."""
+
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, config_dict: dict[str, Any],
+                 resume_step: int | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.dropped_records = 0
+        if resume_step is not None and self.path.exists():
+            self._drop_after(resume_step)
         self._file = self.path.open("a", buffering=1)  # line-buffered: a crash loses at most one record
         self._tb = None
         if cfg.tensorboard:
@@ -26,7 +42,8 @@ class MetricsWriter:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is a core dependency; say so rather than silently dropping it
                 raise RuntimeError("logging.tensorboard=true needs the tensorboard package: pip install tensorboard")
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1  # events at steps > resume_step go
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
         self._wandb = None
         if cfg.wandb_project:
             try:
@@ -37,6 +54,20 @@ class MetricsWriter:
 
             self._wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=config_dict,
                                      dir=str(run_dir), resume="allow")
+
+    def _drop_after(self, step: int) -> None:
+        keep, drop = [], []
+        for line in self.path.read_text().splitlines():
+            at = _step_of(line)
+            (drop if at == -1 or (at is not None and at > step) else keep).append(line)
+        if not drop:
+            return
+        with (self.path.parent / "metrics.replaced.jsonl").open("a") as f:
+            f.write("".join(line + "\n" for line in drop))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(self.path)
+        self.dropped_records = len(drop)
 
     @property
     def is_new(self) -> bool:

@@ -25,6 +25,7 @@ from neox.training.callbacks import (Callback, CheckpointCallback, EvalCallback,
 from neox.training.distributed import init_distributed
 from neox.training.engine import build_engine
 from neox.training.metrics import MetricsWriter
+from neox.training.signals import StopSignals, TrainingInterrupted
 from neox.training.mixing import build_run_mixer, build_statistics
 from neox.training.stats import ReducedStats
 
@@ -164,27 +165,48 @@ class Trainer:
             self.statistics.add_losses(token_loss_BT, domain_B, None, labels_BT)
 
     def _prepare_run_dir(self) -> None:
+        """Pick the checkpoint to resume (rank 0 decides: the newest verified one), load it, and only then
+        write the run's config.yml and open metrics.jsonl, so a refused resume leaves the run as it was."""
         cfg = self.cfg
-        resume = ckpt_io.find_resume_checkpoint(cfg, self.run_dir)
+        choice: list[Any] = [None, None]  # (checkpoint, error) as rank 0 found them
         if self.topology.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             for partial in ckpt_io.cleanup_partial(self.run_dir):
                 self.console(f"removed incomplete checkpoint {partial} (the run stopped while writing it)")
-            if resume is None and (self.run_dir / "metrics.jsonl").exists():
-                raise FileExistsError(
-                    f"run directory {self.run_dir} already holds metrics.jsonl; resume it with "
-                    f"checkpoint.resume=auto or choose another logging.run_dir")
+            try:
+                choice[0] = ckpt_io.find_resume_checkpoint(cfg, self.run_dir, log=self.console)
+                if choice[0] is None and (self.run_dir / "metrics.jsonl").exists():
+                    raise FileExistsError(
+                        f"run directory {self.run_dir} already holds metrics.jsonl; resume it with "
+                        f"checkpoint.resume=auto or choose another logging.run_dir")
+            except (ckpt_io.CheckpointError, FileExistsError) as e:
+                choice[1] = e
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast_object_list(choice, src=0)  # every rank loads the checkpoint rank 0 verified
+        resume, error = choice
+        if error is not None:
+            raise error
+        if resume is not None:
+            previous = ckpt_io.saved_config(resume)
+            ckpt_io.load_checkpoint(self, resume)
+            self.console(f"resumed from {resume} at step {self.step}")
+            for line in ckpt_io.config_changes(previous, cfg.to_dict()):
+                self.console(line)
+        if self.topology.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yml")
             if cfg.data.tokenizer:
                 shutil.copyfile(cfg.data.tokenizer, self.run_dir / "tokenizer.json")
-            self.metrics = MetricsWriter(self.run_dir, cfg.logging, cfg.to_dict())
+            self.metrics = MetricsWriter(self.run_dir, cfg.logging, cfg.to_dict(),
+                                         resume_step=self.step if resume is not None else None)
         if dist.is_initialized():
             dist.barrier()
-        if resume is not None:
-            ckpt_io.load_checkpoint(self, resume)
-            self.console(f"resumed from {resume} at step {self.step}")
         if self.metrics is not None and self.metrics.is_new:
             self.metrics.write(self._run_record())
+        if self.metrics is not None and resume is not None:
+            # Records past the checkpoint's step were dropped (kept in metrics.replaced.jsonl): from here on
+            # metrics.jsonl holds one record per step.
+            self.metrics.write({"kind": "resume", "step": self.step, "checkpoint": str(resume),
+                                "dropped_records": self.metrics.dropped_records})
 
     def _run_record(self) -> dict[str, Any]:
         manifest = self.corpus.manifest
@@ -220,6 +242,10 @@ class Trainer:
                 f"on {topo.world_size} {self.device.type} process(es), ZeRO-{zero}, {precision}")
 
     def fit(self) -> None:
+        with StopSignals() as stop:
+            self._fit(stop)
+
+    def _fit(self, stop: StopSignals) -> None:
         self.console(self.summary())
         for cb in self.callbacks:
             cb.on_fit_start(self)
@@ -240,6 +266,12 @@ class Trainer:
                     f"stopping. The last good state is saved in {self.run_dir / 'checkpoints'}. Lower "
                     f"optimizer.lr, enable clipping (optimizer.grad_clip) or check the data, then resume with "
                     f"checkpoint.resume=auto")
+            signum = stop.agreed(self.device)
+            if signum:  # SIGINT/SIGTERM on any rank: the step is done; save it and stop
+                path = self.checkpointer.save_now(self)
+                if self.metrics is not None:
+                    self.metrics.close()
+                raise TrainingInterrupted(signum, self.step, path)
         for cb in self.callbacks:
             cb.on_fit_end(self)
         if self.metrics is not None:
