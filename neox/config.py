@@ -290,6 +290,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return from_dict(ExperimentConfig, raw, "")
 
 
+def read_yaml_with_includes(path: str | Path) -> dict[str, Any]:
+    """The raw YAML of ``path`` with its ``include:`` files merged in, unvalidated (for tools that need one section)."""
+    return _read_yaml(Path(path), seen=())
+
+
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     """Write the resolved config atomically."""
     path = Path(path)

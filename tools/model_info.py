@@ -9,11 +9,8 @@ module tree's, not a formula's.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
-
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
@@ -21,13 +18,13 @@ from neox.model import ConfigError, ModelConfig, build_model, count_parameters, 
 
 
 def load_model_config(path: str) -> ModelConfig:
-    with open(path) as f:
-        section = yaml.safe_load(f)["model"]  # the experiment config loader will replace this line
-    unknown = sorted(set(section) - {f.name for f in dataclasses.fields(ModelConfig)})
-    if unknown:
-        raise ConfigError(f"{path}: unknown model keys {unknown}; known keys are "
-                          f"{[f.name for f in dataclasses.fields(ModelConfig)]}")
-    return ModelConfig(**section)
+    """The model section of an experiment (``include:`` followed, as train.py reads it) or of a model file."""
+    from neox.config import from_dict, read_yaml_with_includes
+
+    raw = read_yaml_with_includes(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise KeyError("model")
+    return from_dict(ModelConfig, raw["model"], "model")
 
 
 def model_info(cfg: ModelConfig, seq_len_tokens: int) -> dict[str, int | float | str]:
@@ -58,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_model_config(args.config)
     except KeyError:
-        parser.error(f"{args.config} has no top-level 'model:' section; add one (see configs/model/)")
+        parser.error(f"{args.config} has no 'model:' section (nor does any file it includes); add one (see configs/model/)")
     except (ConfigError, OSError) as exc:
         parser.error(str(exc))
     seq_len = args.seq_len if args.seq_len is not None else cfg.max_seq_len_tokens

@@ -14,6 +14,7 @@ input order and one process writes, so the output is identical for any number of
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from neox.data.indexed import MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION
+from neox.permissions import respect_umask
 
 TOOL_VERSION = "1.0"
 SPLITS = ("train", "val")
@@ -313,12 +315,19 @@ def _prepare_output(output_dir: str, overwrite: bool) -> str:
         raise PreprocessError(f"--output-dir {output_dir} exists and is not a directory")
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=os.path.basename(output_dir) + ".tmp-", dir=parent)
+    # A run killed before its rename (SIGKILL, OOM) leaves OUT.tmp-* (or OUT.old-*) behind: the rerun clears them.
+    base = os.path.basename(output_dir)
+    for leftover in sorted(glob.glob(os.path.join(glob.escape(parent), glob.escape(base) + ".tmp-*")) +
+                           glob.glob(os.path.join(glob.escape(parent), glob.escape(base) + ".old-*"))):
+        shutil.rmtree(leftover, ignore_errors=True)
+        print(f"removed {leftover} (left by an interrupted run)", file=sys.stderr)
+    return tempfile.mkdtemp(prefix=base + ".tmp-", dir=parent)
 
 
 def _publish(tmp_dir: str, output_dir: str) -> None:
     """Replace ``output_dir`` by the finished ``tmp_dir`` (renames only, on one file system)."""
     output_dir = os.path.abspath(output_dir)
+    respect_umask(tmp_dir)  # mkdtemp made it 0700: the published directory gets the modes the umask allows
     old = None
     if os.path.exists(output_dir):
         old = tempfile.mkdtemp(prefix=os.path.basename(output_dir) + ".old-", dir=os.path.dirname(output_dir))

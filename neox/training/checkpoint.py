@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from neox.config import ConfigError, ExperimentConfig, from_dict, save_config
 from neox.model.config import ModelConfig
+from neox.permissions import respect_umask
 
 if TYPE_CHECKING:
     from neox.training.trainer import Trainer
@@ -119,6 +120,7 @@ def save_checkpoint(trainer: "Trainer") -> Path:
         save_config(trainer.cfg, tmp / "config.yml")
     _barrier()  # every rank's DeepSpeed files are on disk before the manifest lists them
     if main:
+        respect_umask(tmp)  # mkdtemp and safetensors make private files; a team reads a run's checkpoints
         write_manifest(tmp, trainer.step)
         if final.exists():  # re-saving the same step (e.g. the final save right after an interval save)
             shutil.rmtree(final)
