@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         # exit and a rank can abort ("terminate called without an active exception") after a good run.
         if dist.is_initialized():
             dist.destroy_process_group()
+            from neox.training.ds_ops import remove_shm_buffer
+
+            remove_shm_buffer()
     return 0
 
 

@@ -408,3 +408,13 @@ def test_preprocess_clears_leftovers_and_respects_the_umask(tmp_path):
     from neox.permissions import current_umask
 
     assert out.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+
+
+def test_two_rank_cpu_run_leaves_nothing_in_dev_shm(synthetic_data, tmp_path):
+    port = free_port()
+    cfg = write_config(tmp_path / "c.yml", tiny_config(synthetic_data, tmp_path / "run"))
+    # the deepspeed launcher sets LOCAL_SIZE, which makes the op use its shared-memory all-reduce buffers
+    run_train(cfg, "schedule.train_steps=2", launcher=(sys.executable, "-m", "deepspeed.launcher.runner",
+                                                       "--num_gpus", "2", "--master_port", str(port)))
+    left = [p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")]
+    assert not left, left

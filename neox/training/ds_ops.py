@@ -140,6 +140,21 @@ def ensure_shm_op(wait_s: float = 600.0, log=None) -> bool:
     return True
 
 
+def remove_shm_buffer() -> None:
+    """Unlink this rank's ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` (69 MB each), which
+    the op creates for a multi-process CPU job and never removes. Call after the process group is torn down: a
+    mapped segment stays valid for whoever still maps it, only the name goes."""
+    env = os.environ
+    if "MASTER_PORT" not in env or int(env.get("WORLD_SIZE", "1")) < 2:
+        return
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env['MASTER_PORT']}_"
+            f"{env.get('RANK', '0')}")
+    try:
+        os.unlink(f"/dev/shm/{name}")
+    except (FileNotFoundError, PermissionError):
+        pass
+
+
 def main() -> int:
     started = time.perf_counter()
     try:
