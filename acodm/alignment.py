@@ -321,11 +321,26 @@ class GradientAlignment:
     def packed_numel(self) -> int:
         return sum(p.stats.numel() for p in self._probes)
 
+    def probe_weights(self) -> list[torch.Tensor]:
+        """The probe layers' weight matrices: ``autograd.grad(loss, probe_weights())`` runs the hooks
+        for a forward whose gradient must reach the statistics but not the parameters' ``.grad``."""
+        return [_weight_of(p.module) for p in self._probes]
+
     def gram(self, packed: torch.Tensor, token_count_K: Any) -> np.ndarray:
         """(K, K) float64 Σ_probes ⟨g_i, g_j⟩ with g_k = S_k / n_k; rows/cols of absent domains are 0."""
         if packed.numel() != self.packed_numel():
             raise ValueError(f"packed has {packed.numel()} elements, expected packed_numel()={self.packed_numel()}")
         return packed_gram(packed, token_count_K, self.num_domains, [p.stats.numel() for p in self._probes])
+
+    def cross_gram(self, packed: torch.Tensor, token_count_K: Any, other: torch.Tensor, other_count_K: Any
+                   ) -> np.ndarray:
+        """(K, K) Σ_probes ⟨g_i, g'_j⟩ between two reduced statistics (e.g. this step's and the last).
+
+        The sketches R are fixed per probe, so ⟨S_i, S'_j⟩ estimates ⟨G_i, G'_j⟩ without bias; with the
+        two steps' samples independent, the diagonal estimates ‖g_i‖² free of the same-step self term's
+        sampling noise (which dominates W_i at a few sequences per domain)."""
+        sizes = [p.stats.numel() for p in self._probes]
+        return packed_cross_gram(packed, token_count_K, other, other_count_K, self.num_domains, sizes)
 
     def reset(self) -> None:
         """Zero the statistics and forget open micro-batches: the next step starts here."""
@@ -447,6 +462,27 @@ def packed_gram(packed: torch.Tensor, token_count_K: Any, num_domains: int,
     for numel in block_numels:
         g_KF = flat[offset:offset + numel].reshape(num_domains, -1) * inv_K[:, None]
         gram_KK += g_KF @ g_KF.T
+        offset += numel
+    return gram_KK.numpy()
+
+
+def packed_cross_gram(packed: torch.Tensor, token_count_K: Any, other: torch.Tensor, other_count_K: Any,
+                      num_domains: int, block_numels: Sequence[int]) -> np.ndarray:
+    """``packed_gram`` between two packed statistics of the same layout: (K, K) Σ_blocks ⟨g_i, g'_j⟩."""
+    def per_domain(p: torch.Tensor, counts: Any) -> torch.Tensor:
+        n_K = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64).reshape(-1)
+        if p.numel() != sum(block_numels) or n_K.shape != (num_domains,):
+            raise ValueError(f"statistics of {p.numel()} values / {n_K.shape} counts do not match the layout "
+                             f"({sum(block_numels)} values, {num_domains} domains)")
+        return p.detach().to("cpu", torch.float64), torch.from_numpy(np.where(n_K > 0, 1.0 / np.maximum(n_K, 1.0), 0.0))
+
+    (a, inv_a), (b, inv_b) = per_domain(packed, token_count_K), per_domain(other, other_count_K)
+    gram_KK = torch.zeros(num_domains, num_domains, dtype=torch.float64)
+    offset = 0
+    for numel in block_numels:
+        ga_KF = a[offset:offset + numel].reshape(num_domains, -1) * inv_a[:, None]
+        gb_KF = b[offset:offset + numel].reshape(num_domains, -1) * inv_b[:, None]
+        gram_KK += ga_KF @ gb_KF.T
         offset += numel
     return gram_KK.numpy()
 

@@ -80,12 +80,22 @@ class MixingConfig:
     acodm: dict[str, Any] = field(default_factory=dict)
     acodm_frozen: dict[str, Any] = field(default_factory=dict)
     alignment: AlignmentSection = field(default_factory=AlignmentSection)
+    # The domains whose validation loss the mixture should lower (None: every training domain). A target
+    # domain outside the training domains is never trained on: the mixers that read gradients (DoGE,
+    # AC-ODM) see its gradient from one extra micro-batch per step read from ``target_split``, and
+    # evaluation reports it; ``val_loss/target`` / ``val_ppl/target`` are the means over the targets.
+    target_domains: list[str] | None = None
+    target_split: str = "target"
 
     def __post_init__(self) -> None:
         if self.method not in MIXING_METHODS:
             raise ConfigError(f"mixing.method must be one of {', '.join(MIXING_METHODS)}, got {self.method!r}"
                               + _suggest(self.method, MIXING_METHODS))
         _positive(self, "mixing", ("update_interval_steps",))
+        if self.target_domains is not None and (not self.target_domains
+                                                or len(set(self.target_domains)) != len(self.target_domains)):
+            raise ConfigError(f"mixing.target_domains must be null or a non-empty list of distinct domain names, "
+                              f"got {self.target_domains!r}")
 
     @property
     def params(self) -> dict[str, Any]:

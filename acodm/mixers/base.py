@@ -41,6 +41,26 @@ class StepStats:
     # The LM learning rate in force during this step (the scheduler's value the optimizer stepped with).
     # DoGE scales its update by it (the reference's lr_t); None = the mixer's configured fallback.
     lr: float | None = None
+    # (K,) the weights the step's batch was drawn with (the plan's, which may lag the mixer's latest
+    # proposal when mixing.update_interval_steps > 1); None = the mixer's own current weights.
+    weights: np.ndarray | None = None
+    # (K,) <g_i, g_T>: each domain's gradient against g_T = (1/|T|) Σ_{k∈T} g_k, the gradient of the mean
+    # loss of the target domains T (mixing.target_domains; T may hold domains that are never trained on).
+    # None = T is every domain (then g_T is the mean of the Gram's rows).
+    target_alignment: np.ndarray | None = None
+    num_targets: int | None = None  # |T| (with target_alignment)
+    # (K,) 1 for the training domains that are targets (their self term is inside target_alignment),
+    # 0 otherwise; None = every domain is a target.
+    target_mask: np.ndarray | None = None
+    # (K, K) <g_i at this step, g_j at the previous step> (see neox StepStatistics); None if unknown.
+    gram_cross: np.ndarray | None = None
+
+    @property
+    def realised_shares(self) -> np.ndarray:
+        """(K,) each domain's share of the step's sequences: what the batch really held."""
+        counts = np.asarray(self.sample_count, dtype=np.float64)
+        total = counts.sum()
+        return counts / total if total > 0 else np.full(counts.shape, 1.0 / counts.shape[0])
 
     @property
     def loss_mean(self) -> np.ndarray:

@@ -142,6 +142,16 @@ class DoGEMixer(Mixer):
                     w = w / (float(np.mean(np.sqrt(np.maximum(np.diag(known), 0.0)))) + _NORM_EPS)
             else:
                 w = doge_scores(clipped, present, cfg.exclude_self, cfg.normalize_by_mean_norm)
+            if stats.target_alignment is not None:
+                # Told the target (mixing.target_domains; DoGE's out-of-domain branch, src/trainer.py L756):
+                # W_i = <f_i g_i, g_T> with the training side clipped; the target's own clipping cannot be
+                # read off this one vector.
+                norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
+                factor = np.minimum(1.0, cfg.max_grad_norm / (norms + _NORM_EPS)) if cfg.max_grad_norm else 1.0
+                target_sum = np.asarray(stats.target_alignment, dtype=np.float64) * (stats.num_targets or 1)
+                w = np.where(present, factor * target_sum, 0.0)  # <f_i g_i, Σ_{k∈T} g_k>
+                if cfg.normalize_by_mean_norm:
+                    w = w / (float(np.mean((factor * norms)[present])) + _NORM_EPS)
             scores = lr * w
             if cfg.clip_scores:
                 scores = np.clip(scores, 0.0, 5.0 * lr)

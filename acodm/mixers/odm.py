@@ -155,7 +155,8 @@ class ODMMixer(Mixer):
         in_warmup = stats.step <= cfg.warmup_steps
         if not in_warmup or cfg.update_during_warmup:
             if cfg.variant == "exp3":
-                in_force = self._weights  # π(i): the probabilities step t was sampled with
+                # π(i): the probabilities step t was sampled with (the plan's, when the trainer says)
+                in_force = self._weights if stats.weights is None else np.asarray(stats.weights, dtype=np.float64)
                 for i in np.flatnonzero(present):
                     value = cfg.alpha * self._exp3_reward[i] + (1 - cfg.alpha) * loss_mean[i] / in_force[i]
                     if not math.isfinite(value):

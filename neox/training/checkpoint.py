@@ -117,6 +117,7 @@ def save_checkpoint(trainer: "Trainer") -> Path:
         _write_json(tmp / "trainer.json", {**trainer.state_dict(), MANIFEST: True})  # a lost manifest is seen
         _write_json(tmp / "data.json", trainer.loader.state_dict())
         save_state(tmp / "mixer", trainer.mixer.state_dict())
+        save_state(tmp / "statistics", trainer.statistics.state_dict())
         save_config(trainer.cfg, tmp / "config.yml")
     _barrier()  # every rank's DeepSpeed files are on disk before the manifest lists them
     if main:
@@ -307,6 +308,8 @@ def load_checkpoint(trainer: "Trainer", ckpt: Path) -> None:
     trainer.load_state_dict(_read_json(ckpt / "trainer.json"))
     trainer.loader.load_state_dict(_read_json(ckpt / "data.json"))
     trainer.mixer.load_state_dict(load_state(ckpt / "mixer"))
+    if (ckpt / "statistics").exists():  # written since the cross-step Gram; older checkpoints start it anew
+        trainer.statistics.load_state_dict(load_state(ckpt / "statistics"))
     _resync_lr(trainer.scheduler, trainer.cfg.optimizer.lr)
 
 

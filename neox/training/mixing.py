@@ -34,6 +34,12 @@ def mixer_params(cfg: ExperimentConfig, domains: list[str], manifest: dict[str, 
     params.pop("reference", None)  # DoReMi's reference model is the trainer's business, not the mixer's
     if params.get("initial_weights") == "natural":
         params["initial_weights"] = _natural(cfg, domains, f"mixing.{method}.initial_weights")
+    if method in ("acodm", "acodm_frozen") and "floor" not in params and cfg.data.min_samples_per_domain > 0:
+        # The batch holds at least min_samples of every domain: that is the floor the actor really acts
+        # above, so its weights map to the batch's realised shares.
+        params["floor"] = cfg.data.min_samples_per_domain / cfg.data.global_batch_sequences
+    if method == "doremi":
+        params.setdefault("vocab_size", cfg.model.vocab_size)  # the initial excess loss is ln|V|
     if method == "static":
         kind = params.get("kind", "uniform")
         if kind == "natural" and "weights" not in params:

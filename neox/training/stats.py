@@ -28,6 +28,10 @@ class ReducedStats:
     ref_loss_sum: np.ndarray | None
     excess_loss_sum: np.ndarray | None
     gram: np.ndarray | None  # (K, K)
+    # (K, K) <g_i at this step, g_j at the previous step>: its diagonal estimates ||g_i||^2 without the
+    # sampling-noise bias of the same-step self term (the two steps' samples are independent). None on
+    # the first step and without alignment statistics.
+    gram_cross: np.ndarray | None = None
 
     @property
     def mean_loss(self) -> float:
@@ -44,6 +48,7 @@ class StepStatistics:
         self.reference_model = reference_model
         width = 3 * num_domains + 1 + (2 * num_domains if reference_model is not None else 0)
         self._local = torch.zeros(width, dtype=torch.float64, device=device)
+        self._previous: tuple[torch.Tensor, np.ndarray] | None = None  # last step's reduced alignment + tokens
 
     def reset(self) -> None:
         self._local.zero_()
@@ -83,12 +88,28 @@ class StepStatistics:
         K = self.num_domains
         head = packed[: self._local.numel()].cpu().numpy()
         token_count = head[K:2 * K].copy()
-        gram = None
+        gram = cross = None
         if self.alignment is not None:
             tail = packed[self._local.numel():]
             gram = self.alignment.gram(tail, token_count)
+            if self._previous is not None:
+                cross = self.alignment.cross_gram(tail, token_count, *self._previous)
+            self._previous = (tail.detach().to("cpu", torch.float32).clone(), token_count.copy())
         ref = excess = None
         if self.reference_model is not None:
             ref, excess = head[3 * K + 1:4 * K + 1].copy(), head[4 * K + 1:5 * K + 1].copy()
         return ReducedStats(loss_sum=head[0:K].copy(), token_count=token_count, sample_count=head[2 * K:3 * K].copy(),
-                            nonfinite=bool(head[3 * K] > 0), ref_loss_sum=ref, excess_loss_sum=excess, gram=gram)
+                            nonfinite=bool(head[3 * K] > 0), ref_loss_sum=ref, excess_loss_sum=excess, gram=gram,
+                            gram_cross=cross)
+
+    def state_dict(self) -> dict:
+        """The previous step's reduced alignment statistics (for ``gram_cross`` after a resume)."""
+        if self._previous is None:
+            return {}
+        return {"previous_alignment": self._previous[0], "previous_token_count": self._previous[1]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self._previous = None
+        if sd.get("previous_alignment") is not None:
+            self._previous = (torch.as_tensor(sd["previous_alignment"], dtype=torch.float32),
+                              np.asarray(sd["previous_token_count"], dtype=np.float64))

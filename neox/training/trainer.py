@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from neox.config import ConfigError, ExperimentConfig, save_config
-from neox.data import MicroBatchLoader, MixturePlan, ValidationSet, open_domains
+from neox.data import MicroBatchLoader, MixturePlan, ValidationSet, gather_samples, open_domains, read_manifest
 from neox.model.gpt_neox import GPTNeoX, init_weights, per_token_loss
 from neox.parallel.topology import Topology
 from neox.training import checkpoint as ckpt_io
@@ -60,10 +60,18 @@ class Trainer:
             tokenizer_sha = file_sha256(data.tokenizer)  # the token files must come from this tokenizer
         opened = dict(seq_len_tokens=data.seq_len_tokens, seed=cfg.seed, vocab_size=cfg.model.vocab_size,
                       expected_tokenizer_sha256=tokenizer_sha)
-        self.corpus = open_domains(data.path, split=data.train_split, domains=data.domains, **opened)
+        # Default: the domains of the train split (a held-out target domain has no train data).
+        train_domains = data.domains or list(read_manifest(data.path)["splits"].get(data.train_split, {})) or None
+        self.corpus = open_domains(data.path, split=data.train_split, domains=train_domains, **opened)
         self.domains = list(self.corpus.names)
         self.num_domains = len(self.domains)
-        val_corpus = open_domains(data.path, split=data.val_split, domains=self.domains, **opened)
+        targets = cfg.mixing.target_domains
+        # Target domains that are never trained on: evaluated, and (for mixers reading gradients) probed by
+        # one extra micro-batch per step from mixing.target_split.
+        self.target_only = [d for d in targets or [] if d not in self.domains]
+        self.val_domains = self.domains + self.target_only
+        self.target_index = [self.val_domains.index(d) for d in targets] if targets else list(range(self.num_domains))
+        val_corpus = open_domains(data.path, split=data.val_split, domains=self.val_domains, **opened)
         self.val = ValidationSet(val_corpus, samples_per_domain=cfg.eval.val_samples_per_domain,
                                  micro_batch_sequences=cfg.eval.micro_batch_sequences or data.micro_batch_sequences)
 
@@ -72,12 +80,22 @@ class Trainer:
                               f"{dp_size} pipelines; raise eval.val_samples_per_domain")
 
         self.mixer = build_run_mixer(cfg, self.domains, self.corpus.manifest)
+        self.target_corpus = None
+        if self.target_only and self.mixer.needs.alignment:
+            if self.topology.pipe > 1:
+                raise ConfigError(f"mixing.target_domains {self.target_only} are not training domains; their "
+                                  f"gradient probe needs parallel.pipe=1")
+            self.target_corpus = open_domains(data.path, split=cfg.mixing.target_split, domains=self.target_only,
+                                              **opened)
         self.domain_loss = None  # the pipeline's loss_fn (last stage), pipe > 1 only
         self._reduced: ReducedStats | None = None  # set by the pipeline's optimizer-step hook
         model = self._build_model()
         self.engine, self.optimizer, self.scheduler = build_engine(
             cfg, model, dp_size, self.device, mpu=self.topology.mpu if self.topology.pipe == 1 else None)
-        self.statistics = build_statistics(cfg, self.mixer.needs, self.engine.module, self.num_domains, self.device)
+        # Statistics index the training domains, then the probed target-only domains (if any).
+        self.num_stat_domains = self.num_domains + (len(self.target_only) if self.target_corpus else 0)
+        self.statistics = build_statistics(cfg, self.mixer.needs, self.engine.module, self.num_stat_domains,
+                                           self.device)
         if self.topology.pipe > 1:
             self._install_pipeline_hooks()
         self._state_probes = None  # names of the probe matrices whose norms feed the AC-ODM state
@@ -293,6 +311,8 @@ class Trainer:
             reduced = self._train_step_pipeline(micro_batches)
         else:
             reduced = None
+            if self.target_corpus is not None:
+                self._probe_targets()
             for i, (tokens_BS1, domain_B) in enumerate(micro_batches):
                 tokens_BS1, domain_B = tokens_BS1.to(self.device), domain_B.to(self.device)
                 inputs_BS, labels_BS = tokens_BS1[:, :-1], tokens_BS1[:, 1:]
@@ -318,6 +338,27 @@ class Trainer:
             self.nonfinite_in_row = 0
         return reduced
 
+    def _probe_targets(self) -> None:
+        """The target-only domains' gradient at the probe layers, for the alignment statistics alone.
+
+        One micro-batch (``data.micro_batch_sequences`` sequences shared by the target domains, the next
+        ones of the target split each step) goes forward and backward to the probe weights only:
+        ``autograd.grad`` fires the probes' hooks but accumulates nothing into ``.grad``, so the update
+        never sees these samples. Domain ids are ``num_domains + e``.
+        """
+        corpus, K = self.target_corpus, self.num_domains
+        per = max(1, self.cfg.data.micro_batch_sequences // corpus.num_domains)
+        domain_b = np.repeat(np.arange(corpus.num_domains), per)
+        sample_b = np.tile(self.step * per + np.arange(per), corpus.num_domains)
+        tokens_BS1 = torch.from_numpy(gather_samples(corpus, domain_b, sample_b)).to(self.device)
+        domain_B = torch.from_numpy(domain_b + K).to(self.device)
+        inputs_BS, labels_BS = tokens_BS1[:, :-1], tokens_BS1[:, 1:]
+        self.statistics.begin_micro_batch(domain_B, labels_BS.shape[1], grad_scale=1.0)  # backward of the SUM
+        token_loss_BS = self._token_loss(self.engine.module(inputs_BS), labels_BS)
+        if self.topology.counts_losses:
+            self.statistics.add_losses(token_loss_BS.detach(), domain_B, inputs_BS, labels_BS)
+        torch.autograd.grad(token_loss_BS.float().sum(), self.statistics.alignment.probe_weights())
+
     def _train_step_pipeline(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> ReducedStats:
         """One ``engine.train_batch``: the first stage reads the inputs, the last the labels; the domain ids
         travel with both. The statistics are reduced inside, right before the optimizer step."""
@@ -341,14 +382,18 @@ class Trainer:
         return 1.0
 
     def _step_record(self, stats: ReducedStats, weights: np.ndarray, lr: float, tokens_per_s: float) -> dict[str, Any]:
+        K = self.num_domains  # the target probe's losses (after K) are not training losses
         record: dict[str, Any] = {"kind": "train", "step": self.step, "tokens": self.tokens,
-                                  "loss": stats.mean_loss, "lr": lr,
+                                  "loss": float(stats.loss_sum[:K].sum() / max(stats.token_count[:K].sum(), 1)),
+                                  "lr": lr,
                                   "tokens_per_s": tokens_per_s, "skipped_steps": self.skipped_steps}
         with np.errstate(divide="ignore", invalid="ignore"):
             mean_loss = stats.loss_sum / stats.token_count
         for k, name in enumerate(self.domains):
             record[f"weights/{name}"] = float(weights[k])
             record[f"train_loss/{name}"] = float(mean_loss[k]) if stats.token_count[k] else None
+        for e, name in enumerate(self.target_only if self.target_corpus is not None else []):
+            record[f"target_probe_loss/{name}"] = float(mean_loss[K + e])
         return record
 
     def set_weights(self, weights: np.ndarray) -> None:
@@ -388,7 +433,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Per-domain validation loss and perplexity on the fixed validation set, summed over ranks."""
-        K = self.num_domains
+        K = len(self.val_domains)
         sums = torch.zeros(2 * K, dtype=torch.float64, device=self.device)
         topo = self.topology
         batches = self.val.batches(dp_rank=topo.dp_rank, dp_size=topo.dp_size)
@@ -416,12 +461,15 @@ class Trainer:
         ppl = np.exp(loss)
         ref = self._reference_weights()
         out: dict[str, float] = {}
-        for k, name in enumerate(self.domains):
+        for k, name in enumerate(self.val_domains):
             out[f"val_loss/{name}"] = float(loss[k])
             out[f"val_ppl/{name}"] = float(ppl[k])
         out["val_loss/mean"] = float(loss.mean())
         out["val_ppl/mean"] = float(ppl.mean())  # unweighted mean over domains, as the paper reports
-        out["val_ppl/weighted"] = float((ref * ppl).sum())
+        out["val_ppl/weighted"] = float((ref * ppl[:self.num_domains]).sum())
+        if self.cfg.mixing.target_domains:
+            out["val_loss/target"] = float(loss[self.target_index].mean())
+            out["val_ppl/target"] = float(ppl[self.target_index].mean())
         return out
 
     def _reference_weights(self) -> np.ndarray:
