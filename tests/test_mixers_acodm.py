@@ -12,8 +12,10 @@ from acodm.mixers.base import apply_floor
 from acodm.state import StateBuilder, StateSpec, zscore
 
 DOMAINS = ["a", "b", "c"]
+# The DDPG machinery by hand: the linear reward with a learned critic on the nominal weights (the design
+# before the surrogate; tests/test_mixers_surrogate.py covers the default).
 SMALL = dict(hidden_size=16, num_hidden_layers=2, num_probe_layers=2, batch_size=2, warmup_steps=4,
-             warmup_fit_epochs=2)  # fmt: skip
+             warmup_fit_epochs=2, reward="linear", actor_gradient="critic", action="nominal")  # fmt: skip
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -70,7 +70,8 @@ METHODS = [
     ("doge", {}),
     ("doge", {"exclude_self": True, "normalize_by_mean_norm": True, "clip_scores": False, "mu": 1e-6}),
     ("doremi", {"lr": 1e6}),
-    ("acodm", dict(SMALL_NET, reward="linear")),
+    ("acodm", dict(SMALL_NET)),  # the default: surrogate, known-gradient actor, cross-step Gram
+    ("acodm", dict(SMALL_NET, reward="linear", actor_gradient="critic")),
     ("acodm", dict(SMALL_NET, reward="paper")),
     ("acodm_frozen", {"warmup_steps": 2}),
 ]

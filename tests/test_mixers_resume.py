@@ -49,7 +49,8 @@ CASES = [
     ("odm", {"variant": "smoothed_mean", "warmup_steps": 2}),
     ("doge", {"lr": 0.05}),
     ("doremi", {}),
-    ("acodm", dict(SMALL_NET, reward="linear")),
+    ("acodm", dict(SMALL_NET)),  # the default: surrogate, known-gradient actor, cross-step Gram
+    ("acodm", dict(SMALL_NET, reward="linear", actor_gradient="critic")),
     ("acodm", dict(SMALL_NET, reward="paper", optimizer="adam")),
     ("acodm_frozen", {"warmup_steps": 3}),
 ]

@@ -71,7 +71,7 @@ def test_baselines_move_weight_to_domain0(method, params, steps, min_ratio):
 # it and the critic barely sees the action (dQ/da ≈ 0, the actor random-walks); see the report.
 ACODM_SMALL = dict(progress_scale=1.0, hidden_size=32, num_hidden_layers=2, num_probe_layers=3, warmup_steps=20, batch_size=16,
                    lr_max=3e-3, lr_min=1e-3, replay_capacity=1000, exploration_sigma_start=1.0,
-                   exploration_sigma_end=0.3)  # fmt: skip
+                   exploration_sigma_end=0.3, reward="linear", actor_gradient="critic", action="nominal")  # fmt: skip
 
 
 def test_acodm_learns_to_beat_random_policy():

@@ -1,27 +1,34 @@
-"""AC-ODM (arXiv 2505.23878): a DDPG actor-critic that maps training statistics to domain weights.
+"""AC-ODM (arXiv 2505.23878): an actor that maps training statistics to domain weights, trained online.
 
 Per optimizer step t (``observe(stats_t)``):
 
-    a_t          the weights in force during step t (chosen after step t−1 from state s_{t−1})
-    r_t          reward of a_t, from step t's gradient Gram matrix (the gradients were taken on the batch
-                 sampled with a_t, so the reward observed at step t belongs to the action of step t)
+    a_t          what step t's batch held: the realised share of each domain's sequences (``action=
+                 realised``; every domain is forced ``min_samples`` times, so nominal 0.98 can be 17/32),
+                 or the weights in force during step t (``nominal``)
+    r_t          reward of a_t, from step t's gradient Gram matrix (the gradients were taken on that batch)
     s_t          state built from step t's statistics (acodm/state.py); it exists before a_{t+1} is chosen
     transition   (s_{t−1}, a_t, r_t, s_t) goes to the replay buffer (none at t = 1: no s_0 exists)
     a_{t+1}      warm-up: ODM smoothed-mean behaviour (α = 0.5) from the losses;
-                 afterwards: floor(explore(actor(s_t))), after one DDPG update on a replay minibatch
+                 afterwards: floor(actor(s_t)) after one actor update (exploration noise with a critic only)
 
 At the end of the warm-up (t = warmup_steps) the actor is behaviour-cloned to the stored behaviour
 actions (MSE), the critic regressed to (1 + γ)·r, and the targets copied from the online networks.
 
 Rewards (``reward``):
-- "linear" (default): scalar r_t = Σ_k a_t,k Ŵ_t,k, W_k = ⟨g_k, Σ_j g_j⟩ = Σ_j G_kj over present domains,
-  Ŵ = W / mean_k ‖g_k‖² (mean of the Gram diagonal over present domains). Σ_k a_k W_k is the first-order
-  decrease of the summed domain losses along the step direction Σ_k a_k g_k (DoGE's argument); dividing
-  by the mean squared gradient norm makes it scale-free as the gradients shrink over training. The
-  critic has one output.
+- "surrogate" (default): r(a) = aᵀt̂ − (λ/2) aᵀĜa, Ĝ the step's Gram over training domains, t̂_i = ⟨g_i, g_T⟩
+  with g_T the gradient of the mean target loss (``mixing.target_domains``; every domain by default), both
+  divided by the mean ‖g_k‖². It equals −(1/2λ)‖λ Σ_k a_k g_k − g_T‖² + const: concave, so its maximiser
+  is an interior mixture (the linear form below is maximised at a vertex, which is where its actor went).
+  The diagonal ‖g_i‖² is taken across steps (``self_term=cross_step``): the same-step self term is ~80%
+  sampling noise at a few sequences per domain, so a domain's score fell as it was sampled more.
+  With ``actor_gradient=known`` (default) no critic is learned: each replayed step's (Ĝ, t̂) gives the
+  reward's exact gradient t̂ − λĜa, which the actor ascends (a learned critic's action gradient barely
+  correlated with it at demo scale).
+- "linear": scalar r_t = Σ_k a_t,k Ŵ_t,k, W_k = Σ_j G_kj over present domains, Ŵ = W / mean_k ‖g_k‖².
+  The first-order decrease of the summed domain losses along Σ_k a_k g_k (DoGE's argument).
 - "paper": per-domain s_i = Σ_{j≠i} G_ij / mean_k ‖g_k‖, r = z(s) over present domains (0 for absent),
-  K critic outputs, the actor maximises their mean. Kept for comparison: its mean over domains is 0 by
-  construction (methods.md defect 2).
+  K critic outputs, the actor maximises their mean (a learned critic, nominal actions: the paper's
+  reproduction mode). Its mean over domains is 0 by construction (methods.md defect 2).
 
 ``acodm_frozen`` drives a run with an exported actor: no critic, no reward, no alignment statistics.
 """
@@ -47,7 +54,10 @@ from acodm.rl.exploration import LogitGaussianNoise
 from acodm.rl.replay import ReplayBuffer
 from acodm.state import StateBuilder, StateSpec, zscore
 
-REWARDS = ("linear", "paper")
+REWARDS = ("surrogate", "linear", "paper")
+ACTOR_GRADIENTS = ("known", "critic")
+ACTIONS = ("realised", "nominal")
+SELF_TERMS = ("cross_step", "same_step")
 
 
 def default_warmup_steps(total_steps: int) -> int:
@@ -57,7 +67,22 @@ def default_warmup_steps(total_steps: int) -> int:
 
 @dataclass
 class ACODMConfig:
-    reward: str = "linear"  # "linear" (scalar surrogate, 1-output critic) | "paper" (per-domain z, K outputs)
+    # "surrogate" (default): r(a) = aᵀt − (λ/2) aᵀG a from the step's normalised Gram G and target alignment
+    # t (module docstring); "linear": aᵀŴ; "paper": the released per-domain z-scored reward (K outputs).
+    reward: str = "surrogate"
+    # "known" (surrogate/linear): the actor ascends the reward's closed-form gradient on replayed steps;
+    # "critic": DDPG, the actor ascends a learned critic (the paper's). None: critic for reward=paper,
+    # known otherwise.
+    actor_gradient: str | None = None
+    # The action a transition records: "realised", each domain's share of the batch's sequences, what the
+    # gradients were really taken on; "nominal": the weights in force. None: nominal for reward=paper
+    # (the paper's reproduction), realised otherwise.
+    action: str | None = None
+    # The Gram's diagonal ‖g_i‖²: "cross_step" (default) <g_i now, g_i at the previous step>, free of the
+    # same-step self term's sampling-noise bias; "same_step": the plain Gram (biased upwards by noise/n_i).
+    self_term: str = "cross_step"
+    surrogate_lambda: float = 1.0  # λ: weight of the quadratic (second-order) term of the surrogate
+    surrogate_replay: int = 256  # steps (G, t, state) kept for the known-gradient actor (FIFO)
     # β of the entropy bonus r += β·H(a)/ln K. The linear surrogate is linear in a, so its maximiser on the
     # simplex is a vertex: without a bonus the policy learns to put all weight on one domain (seen on the
     # demo corpus, README "Results"). With it the per-step optimum is a ∝ exp(Ŵ·ln K/β), the closed form of
@@ -72,13 +97,18 @@ class ACODMConfig:
     num_hidden_layers: int = 5  # Linear+LayerNorm+ReLU blocks (paper: 1 input + 4 hidden = 5)
     gamma: float = 0.95  # discount
     tau: float = 0.001  # Polyak coefficient
-    lr_max: float = 0.01  # actor/critic peak learning rate
-    lr_min: float = 0.001  # cosine floor at the end of the run
+    # Actor/critic peak learning rate and cosine floor. None: the paper's 0.01 / 0.001 with a learned critic;
+    # 3e-4 / 3e-5 for the known-gradient actor, which at 0.01 (and 1e-3) hopped between vertices on the
+    # mixing benchmark (README, "Mixing quality").
+    lr_max: float | None = None
+    lr_min: float | None = None
     lr_warmup_steps: int | None = None  # linear LR warm-up; None = warmup_steps (paper: 834 for both)
     weight_decay: float = 0.1  # paper: 0.1
     optimizer: str = "adamw"  # "adamw" (decoupled weight decay) | "adam" (Adam with L2 in the gradient)
     replay_capacity: int = 10_000  # FIFO
-    batch_size: int = 32  # DDPG minibatch (per update; one update per observe once the buffer has this many)
+    # Replayed steps per update (one update per observe; DDPG waits until the buffer has this many). None:
+    # 32 with a critic (the paper's), 64 for the known-gradient actor (a smoother average of the Grams).
+    batch_size: int | None = None
     exploration_sigma_start: float = 0.5  # logit-space Gaussian noise scale at step 0 (see rl/exploration.py)
     exploration_sigma_end: float = 0.05  # ... decayed linearly to this at total_steps
     floor: float = 1e-3  # min weight of every domain
@@ -88,6 +118,29 @@ class ACODMConfig:
     def __post_init__(self) -> None:
         if self.reward not in REWARDS:
             raise ValueError(f"mixing.reward must be one of {REWARDS}, got {self.reward!r}")
+        paper = self.reward == "paper"
+        if self.actor_gradient is None:
+            self.actor_gradient = "critic" if paper else "known"
+        if self.action is None:
+            self.action = "nominal" if paper else "realised"
+        known = self.actor_gradient == "known"
+        if self.lr_max is None:
+            self.lr_max = 3e-4 if known else 0.01
+        if self.lr_min is None:
+            self.lr_min = 3e-5 if known else 0.001
+        if self.batch_size is None:
+            self.batch_size = 64 if known else 32
+        for name, value, allowed in (("actor_gradient", self.actor_gradient, ACTOR_GRADIENTS),
+                                     ("action", self.action, ACTIONS), ("self_term", self.self_term, SELF_TERMS)):
+            if value not in allowed:
+                raise ValueError(f"mixing.{name} must be one of {allowed}, got {value!r}")
+        if self.actor_gradient == "known" and self.reward == "paper":
+            raise ValueError("mixing.actor_gradient=known needs reward surrogate or linear (the paper's "
+                             "per-domain z-scores have no action gradient); use actor_gradient=critic")
+        if not (self.surrogate_lambda >= 0 and np.isfinite(self.surrogate_lambda)):
+            raise ValueError(f"mixing.surrogate_lambda must be a finite number >= 0, got {self.surrogate_lambda}")
+        if self.surrogate_replay < 1:
+            raise ValueError(f"mixing.surrogate_replay must be >= 1, got {self.surrogate_replay}")
         if self.num_probe_layers < 0:
             raise ValueError(f"mixing.num_probe_layers must be >= 0, got {self.num_probe_layers}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
@@ -148,6 +201,90 @@ def alignment_reward(
     return reward if ok else None
 
 
+def surrogate_terms(stats: StepStats, self_term: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(Ĝ, t̂): the step's Gram over training domains and each domain's alignment with the target direction,
+    both divided by the mean ‖g_k‖² of the present domains (scale-free as gradients shrink); None if the
+    statistics cannot give them (missing, non-finite, no cross-step diagonal yet).
+
+    With ``self_term="cross_step"`` the diagonal ‖g_i‖² is ⟨g_i now, g_i one step earlier⟩ (clamped at 0)
+    and the target alignment's self terms are replaced likewise: a domain whose gradient is pure noise (an
+    unlearnable domain) then scores ≈ 0 instead of its noise variance / n_i.
+    """
+    if stats.gram is None:
+        return None
+    gram = np.asarray(stats.gram, dtype=np.float64)
+    present = np.asarray(stats.token_count) > 0
+    k = gram.shape[0]
+    if stats.target_alignment is None:  # every domain a target: g_T is the mean gradient
+        mask, target = np.full(k, 1.0 / k), gram.mean(axis=1)
+    else:  # mask_i = 1/|T| for the training domains among the targets
+        target = np.asarray(stats.target_alignment, dtype=np.float64)
+        count = stats.num_targets or 1
+        mask = (np.ones(k) if stats.target_mask is None else np.asarray(stats.target_mask, np.float64)) / count
+    if self_term == "cross_step":
+        if stats.gram_cross is None:
+            return None
+        diag = np.maximum(np.diag(np.asarray(stats.gram_cross, dtype=np.float64)), 0.0)
+        target = target + mask * (diag - np.diag(gram))
+        gram = gram - np.diag(np.diag(gram)) + np.diag(diag)
+    gram = np.where(np.outer(present, present), gram, 0.0)
+    target = np.where(present, target, 0.0)
+    if not (present.any() and np.all(np.isfinite(gram)) and np.all(np.isfinite(target))):
+        return None
+    scale = float(np.diag(gram)[present].mean())
+    if not (np.isfinite(scale) and scale > 0):
+        return None
+    g_hat, t_hat = gram / scale, target / scale
+    ok = np.all(np.abs(g_hat) < 1e30) and np.all(np.abs(t_hat) < 1e30)  # float32 in the buffer
+    return (g_hat, t_hat) if ok else None
+
+
+def surrogate_reward(action: np.ndarray, g_hat: np.ndarray, t_hat: np.ndarray, lam: float) -> float:
+    """r(a) = aᵀt̂ − (λ/2) aᵀĜa = −(1/2λ)‖λ Σ_k a_k g_k − g_T‖² + const (in units of the mean ‖g_k‖²):
+    the first-order decrease of the target loss along the step Σ a_k g_k less a second-order penalty, so the
+    reward is concave and its maximiser an interior mixture. With λ = 1 it is the mixture whose gradient
+    best matches the target's: the targets' own uniform mixture when they are training domains (uniform
+    when every domain is a target), the best-aligned blend of the others when they are not."""
+    a = np.asarray(action, dtype=np.float64)
+    return float(a @ t_hat - 0.5 * lam * a @ g_hat @ a)
+
+
+class SurrogateReplay:
+    """FIFO of (state the action was chosen from, Ĝ, t̂) for the known-gradient actor."""
+
+    def __init__(self, capacity: int, state_dim: int, num_domains: int):
+        self.capacity = capacity
+        self.states = np.zeros((capacity, state_dim), dtype=np.float32)
+        self.grams = np.zeros((capacity, num_domains, num_domains), dtype=np.float32)
+        self.targets = np.zeros((capacity, num_domains), dtype=np.float32)
+        self.size = 0
+        self.next = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, state: np.ndarray, g_hat: np.ndarray, t_hat: np.ndarray) -> None:
+        i = self.next
+        self.states[i], self.grams[i], self.targets[i] = state, g_hat, t_hat
+        self.next = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, rng: np.random.Generator):
+        idx = rng.integers(0, self.size, size=min(batch_size, self.size))
+        return self.states[idx], self.grams[idx], self.targets[idx]
+
+    def state_dict(self) -> dict:
+        n = self.size
+        order = (np.arange(n) + (self.next - n)) % self.capacity  # oldest first
+        return {"states": self.states[order].copy(), "grams": self.grams[order].copy(),
+                "targets": self.targets[order].copy()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.size = self.next = 0
+        for s_, g, t in zip(np.asarray(sd["states"]), np.asarray(sd["grams"]), np.asarray(sd["targets"])):
+            self.add(s_, g, t)
+
+
 def normalized_entropy(weights: np.ndarray) -> float:
     """H(w) / ln K in [0, 1] (1 = uniform), so the entropy bonus's scale does not depend on K."""
     w = np.clip(np.asarray(weights, dtype=np.float64), 1e-300, None)
@@ -179,7 +316,7 @@ class ACODMMixer(Mixer):
         )
         self.spec = StateSpec(tuple(self.domains), config.num_probe_layers, progress_scale=config.progress_scale)
         self.builder = StateBuilder(self.spec)
-        reward_dim = 1 if config.reward == "linear" else self.num_domains
+        reward_dim = self.num_domains if config.reward == "paper" else 1
         self.ddpg_config = DDPGConfig(
             state_dim=self.spec.dim,
             num_domains=self.num_domains,
@@ -199,6 +336,9 @@ class ACODMMixer(Mixer):
         )
         self.ddpg = DDPG(self.ddpg_config, seed)
         self.replay = ReplayBuffer(config.replay_capacity, self.spec.dim, self.num_domains, reward_dim)
+        self.surrogate = (SurrogateReplay(config.surrogate_replay, self.spec.dim, self.num_domains)
+                          if config.actor_gradient == "known" else None)
+        self._lambda = config.surrogate_lambda if config.reward == "surrogate" else 0.0  # linear: λ = 0
         self.noise = LogitGaussianNoise(config.exploration_sigma_start, config.exploration_sigma_end)
         self.rng = np.random.default_rng(seed)  # exploration noise and replay sampling
         self.behaviour = _WarmupBehaviour(self.num_domains, config.warmup_alpha)
@@ -209,13 +349,22 @@ class ACODMMixer(Mixer):
 
     def _observe(self, stats: StepStats) -> dict[str, float]:
         t = stats.step
-        action = self._weights  # a_t: the weights in force during step t
+        cfg = self.config
+        # a_t: what step t's batch held (realised shares) or the weights in force during step t
+        nominal = self._weights if stats.weights is None else np.asarray(stats.weights, dtype=np.float64)
+        action = stats.realised_shares if cfg.action == "realised" else nominal
         present = self._present(stats)
         tokens = np.asarray(stats.token_count, dtype=np.float64)
         self._skipped_total += int(np.sum((tokens > 0) & ~np.isfinite(stats.loss_mean)))
         metrics: dict[str, float] = {}
 
-        reward = alignment_reward(stats.gram, np.asarray(stats.token_count) > 0, action, self.config.reward)
+        terms = None
+        if cfg.reward == "surrogate" or self.surrogate is not None:
+            terms = surrogate_terms(stats, cfg.self_term if cfg.reward == "surrogate" else "same_step")
+        if cfg.reward == "surrogate":
+            reward = None if terms is None else np.array([surrogate_reward(action, *terms, self._lambda)])
+        else:
+            reward = alignment_reward(stats.gram, np.asarray(stats.token_count) > 0, action, cfg.reward)
         if reward is not None and self.config.entropy_coef > 0:
             reward = reward + self.config.entropy_coef * normalized_entropy(action)
         if reward is None:
@@ -225,6 +374,8 @@ class ACODMMixer(Mixer):
         state = self.builder.build(t, stats.total_steps, stats.loss_mean, stats.sample_count, stats.probe_norms)
         if self._prev_state is not None and reward is not None:
             self.replay.add(self._prev_state, action, reward, state)
+        if self.surrogate is not None and self._prev_state is not None and terms is not None:
+            self.surrogate.add(self._prev_state, *terms)
         self._prev_state = state
 
         behaviour_weights, skipped = self.behaviour.next_weights(stats, present)
@@ -241,15 +392,20 @@ class ACODMMixer(Mixer):
                                              self.rng, t)  # fmt: skip
                     )
                 self._warmup_fitted = True
-            elif len(self.replay) >= self.config.batch_size:
-                metrics.update(self.ddpg.update(*self.replay.sample(self.config.batch_size, self.rng), step=t))
+            elif self.surrogate is not None:
+                if len(self.surrogate) > 0:
+                    metrics.update(self.ddpg.update_on_surrogate(*self.surrogate.sample(cfg.batch_size, self.rng),
+                                                                 lam=self._lambda, step=t))
+                    self._skipped_total += int(metrics["mixer/ddpg_skipped"])
+            elif len(self.replay) >= cfg.batch_size:
+                metrics.update(self.ddpg.update(*self.replay.sample(cfg.batch_size, self.rng), step=t))
                 self._skipped_total += int(metrics["mixer/ddpg_skipped"])
-            sigma = self.noise.sigma(t, self.total_steps)
+            # The known-gradient actor needs no exploration: the surrogate's gradient is known at every action.
+            sigma = 0.0 if self.surrogate is not None else self.noise.sigma(t, self.total_steps)
             policy = self.ddpg.act(state)
             if not np.all(np.isfinite(policy)):
                 self._skipped_total += 1  # apply_floor falls back to uniform; reported, never propagated
-            explored = self.noise.perturb(policy, sigma, self.rng)
-            self._set_weights(explored)
+            self._set_weights(self.noise.perturb(policy, sigma, self.rng) if sigma > 0 else policy)
             metrics["mixer/exploration"] = sigma
             metrics["mixer/warmup"] = 0.0
         metrics["mixer/replay_size"] = float(len(self.replay))
@@ -267,6 +423,7 @@ class ACODMMixer(Mixer):
             "warmup_steps": self.warmup_steps,
             "ddpg": self.ddpg.state_dict(),
             "replay": self.replay.state_dict(),
+            "surrogate": None if self.surrogate is None else self.surrogate.state_dict(),
             "rng": rng_state(self.rng),
             "builder": self.builder.state_dict(),
             "behaviour": self.behaviour.sampler.state_dict(),
@@ -280,6 +437,8 @@ class ACODMMixer(Mixer):
         self.warmup_steps = int(sd["warmup_steps"])
         self.ddpg.load_state_dict(sd["ddpg"])
         self.replay.load_state_dict(sd["replay"])
+        if self.surrogate is not None and sd.get("surrogate") is not None:
+            self.surrogate.load_state_dict(sd["surrogate"])
         set_rng_state(self.rng, sd["rng"])
         self.builder.load_state_dict(sd["builder"])
         self.behaviour.sampler.load_state_dict(sd["behaviour"])
