@@ -1,6 +1,8 @@
 # make test : set up a virtual environment on a fresh machine and run the whole test suite (CPU).
-# make demo : set up, build the offline demo corpus, train its tokenizer, preprocess, train configs/demo_cpu.yml
-#             with AC-ODM on the CPU, then print a per-domain summary and write a plot in the run directory.
+# make demo : set up, build the offline demo corpus, train its tokenizer, preprocess, derive its *noisy* variant
+#             (8 clean + 8 junk domains), train AC-ODM and uniform sampling side by side on it (the mixing-quality
+#             benchmark's setting, one seed), then write one plot and print a one-line verdict.
+# make study : the whole mixing-quality study (benchmarks/mixing_quality.py: 4 variants x methods x 3 seeds).
 # make eval-demo : a short demo proxy -> target pair (runs/eval_demo), then MMLU and HumanEval on the target from
 #             the offline task data (tools/get_eval_data.py), with --limit so it takes minutes on 2 CPU cores.
 SHELL := /bin/bash
@@ -8,12 +10,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO := data/demo
 CACHE ?= $(CURDIR)/.cache
-RUN_DIR ?= runs/demo_cpu
+RUN_DIR ?= runs/demo
+BENCH ?= data/mixing_bench
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo demo-data compare clean-demo eval-demo
+.PHONY: setup test test-fast demo demo-data study clean-demo eval-demo
 
 $(VENV)/.installed: pyproject.toml requirements.txt
 	python3 -m venv $(VENV)
@@ -48,14 +51,18 @@ $(DEMO)/tokens/manifest.json: $(DEMO)/tokenizer.json
 
 demo-data: $(DEMO)/tokens/manifest.json
 
-demo: setup demo-data
-	rm -rf $(RUN_DIR)
-	$(PY) train.py configs/demo_cpu.yml logging.run_dir=$(RUN_DIR)
-	$(PY) tools/plot_run.py $(RUN_DIR) -o $(RUN_DIR)/demo.png
-	@echo "plot: $(RUN_DIR)/demo.png  metrics: $(RUN_DIR)/metrics.jsonl"
+$(BENCH)/%/variant.json: $(DEMO)/tokens/manifest.json
+	$(PY) tools/make_mixing_benchmark.py --variants $* --corpus $(DEMO)/corpus --tokenizer $(DEMO)/tokenizer.json --out $(BENCH)
 
-compare: setup demo-data
-	bash tools/compare_demo.sh
+# The two runs go in parallel, one thread each (2 cores).
+demo: setup $(BENCH)/noisy/variant.json
+	rm -rf $(RUN_DIR)
+	$(PY) benchmarks/mixing_quality.py --variants noisy --methods uniform,acodm --seeds 1 --bench-dir $(BENCH) \
+		--runs-dir $(RUN_DIR) --out $(RUN_DIR)
+	$(PY) tools/plot_mixing_demo.py $(RUN_DIR) --variant $(BENCH)/noisy -o $(RUN_DIR)/demo.png
+
+study: setup $(BENCH)/clean/variant.json $(BENCH)/noisy/variant.json $(BENCH)/imbalanced/variant.json $(BENCH)/heldout/variant.json
+	$(PY) benchmarks/mixing_quality.py --bench-dir $(BENCH) --transfer
 
 EVAL_DATA ?= data/eval
 EVAL_RUN ?= runs/eval_demo
@@ -80,4 +87,4 @@ eval-demo: $(EVAL_RUN)/target/checkpoints/latest $(EVAL_DATA)/mmlu/source.json $
 		--limit $$(( 4 * $(EVAL_LIMIT) )) --max-gen-toks 128 --allow-code-execution --out $(EVAL_RUN)/eval/humaneval.json
 
 clean-demo:
-	rm -rf $(DEMO) $(RUN_DIR)
+	rm -rf $(DEMO) $(RUN_DIR) $(BENCH)

@@ -46,17 +46,14 @@ VARIANTS = ("clean", "noisy", "imbalanced", "heldout")
 PEERS = ("uniform", "natural", "oracle", "odm", "doge", "doremi")
 # AC-ODM designs compared on the benchmark (README "Mixing quality" records every one, losers included).
 CANDIDATES: dict[str, list[str]] = {
-    # its final checkpoint holds the trained actor (the proxy of the transfer study)
+    # the default (linear reward, known-gradient actor, realised shares); its final checkpoint holds the
+    # trained actor (the proxy of the transfer study)
     "default": ["mixing.method=acodm", "checkpoint.save_final=true"],
-    "paper": ["mixing.method=acodm", "mixing.acodm.reward=paper", "mixing.acodm.actor_gradient=critic",
-              "mixing.acodm.action=nominal"],
-    # the design shipped before this study: linear reward, learned critic, nominal actions, same-step Gram
-    "linear_ddpg": ["mixing.method=acodm", "mixing.acodm.reward=linear", "mixing.acodm.actor_gradient=critic",
-                    "mixing.acodm.action=nominal"],
-    "same_step": ["mixing.method=acodm", "mixing.acodm.self_term=same_step"],  # no cross-step diagonal
-    # the linear reward (λ = 0) with the known-gradient actor on realised shares
-    "linear_known": ["mixing.method=acodm", "mixing.acodm.reward=linear"],
-    "critic": ["mixing.method=acodm", "mixing.acodm.actor_gradient=critic"],  # surrogate, learned critic
+    # the concave surrogate on the cross-step Gram
+    "surrogate": ["mixing.method=acodm", "mixing.acodm.reward=surrogate"],
+    # the design shipped before this study: linear reward, learned critic, nominal actions, paper's lr
+    "linear_ddpg": ["mixing.method=acodm", "mixing.acodm.actor_gradient=critic", "mixing.acodm.action=nominal"],
+    "paper": ["mixing.method=acodm", "mixing.acodm.reward=paper"],  # the paper's reproduction mode
 }
 DEFAULT_METHODS = ("uniform", "natural", "oracle", "odm", "doge", "doremi", "acodm")
 
@@ -139,9 +136,22 @@ class Study:
     def run_dir(self, variant: str, method: str, seed: int) -> Path:
         return self.runs / variant / method.replace(":", "_") / f"seed{seed}"
 
-    def finished(self, run_dir: Path) -> bool:
+    def finished(self, run_dir: Path, config: str | None = None, overrides: list[str] | None = None) -> bool:
+        """The run reached the last evaluation (and, given the command's config, was run with it)."""
         evals = [r for r in read_records(run_dir) if r.get("kind") == "eval"]
-        return bool(evals) and evals[-1]["step"] == self.args.steps
+        if not (evals and evals[-1]["step"] == self.args.steps):
+            return False
+        if config is None:
+            return True
+        from neox.config import load_config
+
+        def essentials(cfg) -> dict:
+            d = cfg.to_dict()
+            for key in ("name", "logging"):
+                d.pop(key)
+            return d
+
+        return essentials(load_config(run_dir / "config.yml")) == essentials(load_config(ROOT / config, overrides))
 
     def train(self, variant: str, method: str, seed: int) -> Path | None:
         if self.args.report_only:
@@ -152,19 +162,19 @@ class Study:
         overrides = method_overrides(method, vdir, lambda m: self.run_dir(variant, m, seed))
         if overrides is None:
             return None
-        if self.finished(run_dir) and not self.args.fresh:
-            return run_dir
+        config = self.args.target_config if method.endswith("@target") else self.args.config
+        overrides = [f"seed={seed}", f"data.path={vdir / 'tokens'}", f"logging.run_dir={run_dir}",
+                     f"name={variant}_{method}_{seed}", f"schedule.train_steps={self.args.steps}",
+                     f"eval.interval_steps={self.args.eval_interval}", *overrides]
+        if sorted(info["target_domains"]) != sorted(info["train_domains"]):  # the mixers are told the target
+            overrides.append(f"mixing.target_domains=[{', '.join(info['target_domains'])}]")
+        if self.finished(run_dir, config, overrides) and not self.args.fresh:
+            return run_dir  # reused: finished with this very configuration
         if run_dir.exists():
             import shutil
 
             shutil.rmtree(run_dir)
-        config = self.args.target_config if method.endswith("@target") else self.args.config
-        cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / config), f"seed={seed}",
-               f"data.path={vdir / 'tokens'}", f"logging.run_dir={run_dir}", f"name={variant}_{method}_{seed}",
-               f"schedule.train_steps={self.args.steps}", f"eval.interval_steps={self.args.eval_interval}",
-               *overrides]
-        if sorted(info["target_domains"]) != sorted(info["train_domains"]):  # the mixers are told the target
-            cmd.append(f"mixing.target_domains=[{', '.join(info['target_domains'])}]")
+        cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / config), *overrides]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONWARNINGS": "ignore"}
         started = time.perf_counter()
         log = run_dir.parent / f"seed{seed}.log"
@@ -182,10 +192,10 @@ class Study:
         a = self.args
         grid = [(v, m, s) for v in a.variants for m in a.methods for s in a.seeds
                 if v == "noisy" or not m.endswith("@target")]  # the transfer study runs on noisy
-        # uniform first (DoReMi's reference), the frozen actor after its proxy
-        stages = [[g for g in grid if g[1] == "uniform"],
-                  [g for g in grid if g[1] not in ("uniform", "acodm_frozen@target")],
-                  [g for g in grid if g[1] == "acodm_frozen@target"]]
+        # uniform first (DoReMi's reference), the frozen actor after its proxy, the target's own AC-ODM last
+        later = ("uniform", "acodm_frozen@target", "acodm@target")
+        stages = [[g for g in grid if g[1] == "uniform"], [g for g in grid if g[1] not in later],
+                  [g for g in grid if g[1] == "acodm_frozen@target"], [g for g in grid if g[1] == "acodm@target"]]
         with ThreadPoolExecutor(a.jobs) as pool:
             for stage in stages:
                 list(pool.map(lambda g: self.train(*g), stage))
