@@ -162,3 +162,28 @@ def test_entropy_bonus_is_added_to_the_stored_reward():
     np.testing.assert_allclose(r, np.asarray(rewards[1:]), rtol=1e-6)
     with pytest.raises(ValueError, match="entropy_coef"):
         build_mixer("acodm", DOMAINS, 20, 0, entropy_coef=-1.0, **SMALL)
+
+
+def test_paper_mode_fits_on_every_warmup_step_then_copies_targets():
+    """reward=paper reproduces the released code: one BC / critic minibatch per warm-up step (DANG-ai/AC-ODM
+    megatron/data/agent.py L434-L487), targets copied once when the warm-up ends (training.py L1548)."""
+    mixer = build_mixer("acodm", DOMAINS, 20, 0, reward="paper", hidden_size=16, num_hidden_layers=2,
+                        num_probe_layers=2, batch_size=2, warmup_steps=4)
+    cfg = mixer.config
+    assert (cfg.warmup_fit, cfg.actor_gradient, cfg.action) == ("per_step", "critic", "nominal")
+    rng = np.random.default_rng(0)
+    initial_target = [p.detach().clone() for p in mixer.ddpg.actor_target.parameters()]
+    fitted = []
+    for t in range(1, 4):
+        before = [p.detach().clone() for p in mixer.ddpg.actor.parameters()]
+        metrics = mixer.observe(make_stats(t, rng))
+        fitted.append("mixer/bc_loss" in metrics)
+        moved = any(not torch.equal(a, b) for a, b in zip(before, mixer.ddpg.actor.parameters()))
+        assert moved == fitted[-1]
+    assert fitted == [False, True, True]  # no transition before step 2
+    assert all(torch.equal(a, b) for a, b in zip(initial_target, mixer.ddpg.actor_target.parameters()))
+    metrics = mixer.observe(make_stats(4, rng))  # the warm-up ends: targets copied, then one DDPG update
+    assert "mixer/q" in metrics and "mixer/bc_loss" not in metrics
+    for a, b in zip(mixer.ddpg.actor.parameters(), mixer.ddpg.actor_target.parameters()):
+        assert torch.allclose(a, b, atol=0.05)  # the copy, moved by one update (targets by τ of it)
+    assert not all(torch.equal(a, b) for a, b in zip(initial_target, mixer.ddpg.actor_target.parameters()))

@@ -96,6 +96,10 @@ class ACODMConfig:
     warmup_steps: int | None = None  # behaviour-policy steps; None = 2% of total_steps (paper: 834)
     warmup_alpha: float = 0.5  # smoothing of the ODM smoothed-mean behaviour policy (paper: 0.5)
     warmup_fit_epochs: int = 5  # passes over the replay buffer for the end-of-warm-up BC / critic fit
+    # "end": the BC / critic fit above, once, when the warm-up ends; "per_step": one minibatch of it on every
+    # warm-up step and the targets copied at the end, as the released code (DANG-ai/AC-ODM
+    # megatron/data/agent.py L434-L487, training.py L1548). None: per_step for reward=paper, end otherwise.
+    warmup_fit: str | None = None
     hidden_size: int = 1024  # network width (paper: 1024)
     num_hidden_layers: int = 5  # Linear+LayerNorm+ReLU blocks (paper: 1 input + 4 hidden = 5)
     gamma: float = 0.95  # discount
@@ -126,6 +130,10 @@ class ACODMConfig:
             self.actor_gradient = "critic" if paper else "known"
         if self.action is None:
             self.action = "nominal" if paper else "realised"
+        if self.warmup_fit is None:
+            self.warmup_fit = "per_step" if paper else "end"
+        if self.warmup_fit not in ("end", "per_step"):
+            raise ValueError(f"mixing.warmup_fit must be 'end' or 'per_step', got {self.warmup_fit!r}")
         known = self.actor_gradient == "known"
         if self.lr_max is None:
             self.lr_max = 3e-4 if known else 0.01
@@ -386,7 +394,14 @@ class ACODMMixer(Mixer):
         if t < self.warmup_steps:
             self._set_weights(behaviour_weights)
             metrics["mixer/warmup"] = 1.0
+            if cfg.warmup_fit == "per_step" and len(self.replay) > 0:
+                idx = self.rng.integers(0, len(self.replay), size=min(cfg.batch_size, len(self.replay)))
+                s, a, r, _ = self.replay.get(idx)
+                metrics.update(self.ddpg.fit_warmup(s, a, r, 1, cfg.batch_size, self.rng, t, copy_targets=False))
         else:
+            if not self._warmup_fitted and cfg.warmup_fit == "per_step":
+                self.ddpg.copy_targets()
+                self._warmup_fitted = True
             if not self._warmup_fitted:
                 if len(self.replay) > 0:
                     s, a, r, _ = self.replay.get(self.replay.ordered_indices())

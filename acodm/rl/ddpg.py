@@ -205,8 +205,10 @@ class DDPG:
         batch_size: int,
         rng: np.random.Generator,
         step: int,
+        copy_targets: bool = True,
     ) -> dict[str, float]:
-        """Actor ← MSE to the behaviour actions; critic ← MSE to (1 + γ)·r; then targets ← online.
+        """Actor ← MSE to the behaviour actions; critic ← MSE to (1 + γ)·r; then targets ← online (unless
+        ``copy_targets`` is False: the per-step warm-up copies them once, at its end).
 
         (1 + γ)·r is the paper's stand-in for Q under the behaviour policy: the immediate reward plus one
         discounted step of the same reward, i.e. a two-step return with r_{t+1} ≈ r_t. It gives the critic
@@ -229,9 +231,14 @@ class DDPG:
                 loss_c.backward()
                 self.critic_opt.step()
                 actor_loss, critic_loss = float(loss_a.detach()), float(loss_c.detach())
+        if copy_targets:
+            self.copy_targets()
+        return {"mixer/bc_loss": actor_loss, "mixer/critic_loss": critic_loss}
+
+    def copy_targets(self) -> None:
+        """Targets ← online networks (the hard copy at the end of the warm-up)."""
         self.actor_target.load_state_dict(self.actor.state_dict())
         self.critic_target.load_state_dict(self.critic.state_dict())
-        return {"mixer/bc_loss": actor_loss, "mixer/critic_loss": critic_loss}
 
     # ---- state -----------------------------------------------------------------------------------
 

@@ -39,8 +39,7 @@ class MixingCallback(Callback):
     def post_step(self, trainer: "Trainer", stats: ReducedStats, record: dict[str, Any]) -> None:
         interval = trainer.cfg.mixing.update_interval_steps
         weights = np.zeros(trainer.num_domains, dtype=np.float64)
-        # Collective under pipeline/tensor parallelism (the probes live on several ranks): every rank asks.
-        norms = trainer.probe_norms() if trainer.mixer.needs.probe_norms and not stats.nonfinite else None
+        norms = None if stats.nonfinite else trainer.step_probe_norms  # read before the update
         if trainer.topology.is_main:
             if stats.nonfinite:
                 record["mixer/skipped_nonfinite"] = 1.0  # the mixer never sees a step that was not applied

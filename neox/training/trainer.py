@@ -99,6 +99,7 @@ class Trainer:
         if self.topology.pipe > 1:
             self._install_pipeline_hooks()
         self._state_probes = None  # names of the probe matrices whose norms feed the AC-ODM state
+        self.step_probe_norms: np.ndarray | None = None  # read before this step's optimizer update
 
         self.plan = MixturePlan(samples_per_epoch=[ds.num_samples for ds in self.corpus.datasets],
                                 global_batch_sequences=data.global_batch_sequences, seed=cfg.seed,
@@ -165,6 +166,7 @@ class Trainer:
 
         def reduce_then_step(eng, **kwargs):
             self._reduced = self.statistics.reduce(self.topology.world_group)
+            self._read_probe_norms()
             self.optimizer.skip_next = self._reduced.nonfinite
             return optimizer_step(eng, **kwargs)
 
@@ -328,6 +330,7 @@ class Trainer:
                     # After the last backward, before the update: one collective for every statistic, and
                     # the whole job agrees on whether this step may be applied.
                     reduced = stats.reduce(self.topology.world_group)
+                    self._read_probe_norms()
                     self.optimizer.skip_next = reduced.nonfinite
                 engine.step()
         assert reduced is not None
@@ -399,6 +402,11 @@ class Trainer:
     def set_weights(self, weights: np.ndarray) -> None:
         self.weights = np.asarray(weights, dtype=np.float64)
         self.plan.set_weights(self.weights)
+
+    def _read_probe_norms(self) -> None:
+        """AC-ODM's state reads the probe matrices' norms before the optimizer step, as the reference does
+        (DANG-ai/AC-ODM megatron/training.py L880 then L897): the weights the step's gradients were taken at."""
+        self.step_probe_norms = self.probe_norms() if self.mixer.needs.probe_norms else None
 
     def probe_norms(self) -> np.ndarray:
         """Norms of the probe matrices that feed AC-ODM's state. A collective under pipeline or tensor
