@@ -449,31 +449,18 @@ def packed_gram(packed: torch.Tensor, token_count_K: Any, num_domains: int,
     (K, K) float64 Σ_blocks ⟨g_i, g_j⟩ with g_k = S_k / n_k (n_k: domain k's token count); rows and
     columns of domains with no tokens are 0.
     """
-    if packed.numel() != sum(block_numels):
-        raise ValueError(f"packed has {packed.numel()} elements, the blocks {sum(block_numels)}")
-    n_K = np.asarray(token_count_K.cpu() if isinstance(token_count_K, torch.Tensor) else token_count_K,
-                     dtype=np.float64).reshape(-1)
-    if n_K.shape != (num_domains,) or (n_K < 0).any():
-        raise ValueError(f"token_count_K must be {num_domains} non-negative counts, got {n_K}")
-    inv_K = torch.from_numpy(np.where(n_K > 0, 1.0 / np.maximum(n_K, 1.0), 0.0))
-    flat = packed.detach().to("cpu", torch.float64)
-    gram_KK = torch.zeros(num_domains, num_domains, dtype=torch.float64)
-    offset = 0
-    for numel in block_numels:
-        g_KF = flat[offset:offset + numel].reshape(num_domains, -1) * inv_K[:, None]
-        gram_KK += g_KF @ g_KF.T
-        offset += numel
-    return gram_KK.numpy()
+    return packed_cross_gram(packed, token_count_K, packed, token_count_K, num_domains, block_numels)
 
 
 def packed_cross_gram(packed: torch.Tensor, token_count_K: Any, other: torch.Tensor, other_count_K: Any,
                       num_domains: int, block_numels: Sequence[int]) -> np.ndarray:
     """``packed_gram`` between two packed statistics of the same layout: (K, K) Σ_blocks ⟨g_i, g'_j⟩."""
-    def per_domain(p: torch.Tensor, counts: Any) -> torch.Tensor:
+    def per_domain(p: torch.Tensor, counts: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if p.numel() != sum(block_numels):
+            raise ValueError(f"packed has {p.numel()} elements, the blocks {sum(block_numels)}")
         n_K = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64).reshape(-1)
-        if p.numel() != sum(block_numels) or n_K.shape != (num_domains,):
-            raise ValueError(f"statistics of {p.numel()} values / {n_K.shape} counts do not match the layout "
-                             f"({sum(block_numels)} values, {num_domains} domains)")
+        if n_K.shape != (num_domains,) or (n_K < 0).any():
+            raise ValueError(f"token_count_K must be {num_domains} non-negative counts, got {n_K}")
         return p.detach().to("cpu", torch.float64), torch.from_numpy(np.where(n_K > 0, 1.0 / np.maximum(n_K, 1.0), 0.0))
 
     (a, inv_a), (b, inv_b) = per_domain(packed, token_count_K), per_domain(other, other_count_K)
