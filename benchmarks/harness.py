@@ -45,9 +45,10 @@ def one_step(trainer) -> float:
     sync = _sync_fn(trainer.device)
     sync()
     start = time.perf_counter()
+    record = {"lr": trainer.scheduler.get_last_lr()[0]}  # the LR in force, as the trainer's step record has it
     stats = trainer.train_step(trainer.loader.next_step())
     trainer.step += 1
-    MixingCallback().post_step(trainer, stats, {})
+    MixingCallback().post_step(trainer, stats, record)
     sync()
     return time.perf_counter() - start
 

@@ -125,7 +125,7 @@ def main() -> None:
         n_params = sum(p.numel() for p in trainers["static"].engine.module.parameters())
         acodm_cfg = trainers["acodm_sketch"].mixer.config
         print(f"\n{shape}: {n_params / 1e6:.1f}M params, actor-critic {acodm_cfg.hidden_size} x "
-              f"{acodm_cfg.num_hidden_layers} (DDPG minibatch {acodm_cfg.batch_size}), "
+              f"{acodm_cfg.num_hidden_layers} (actor minibatch {acodm_cfg.batch_size}), "
               f"batch {trainers['static'].cfg.data.global_batch_sequences} x "
               f"{trainers['static'].cfg.data.seq_len_tokens} tokens, device {args.device}, torch threads "
               f"{torch.get_num_threads()}, median of {args.rounds} interleaved steps")

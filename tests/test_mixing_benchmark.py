@@ -12,7 +12,7 @@ import pytest
 from tests.trainer_utils import ROOT, clean_env
 
 
-def _run(*args, timeout=900):
+def _run(*args, timeout=1800):
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=clean_env(), capture_output=True,
                           text=True, timeout=timeout)
 

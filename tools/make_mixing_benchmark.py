@@ -90,6 +90,9 @@ class Source:
     def num_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text).ids)
 
+    def token_counts(self, docs: list[dict]) -> list[int]:
+        return [len(e.ids) for e in self.tokenizer.encode_batch([r["text"] for r in docs])]
+
 
 def _doc(domain: str, text: str, i: int) -> dict:
     return {"id": f"bench:{domain}:{i}", "domain": domain, "text": text}
@@ -99,8 +102,7 @@ def random_docs(src: Source, domain: str, like: list[dict], rng: np.random.Gener
     """Documents of uniformly random token ids (decoded to text), as many and as long as ``like``'s."""
     vocab = src.tokenizer.get_vocab_size()
     out = []
-    for i, ref in enumerate(like):
-        n = src.num_tokens(ref["text"])
+    for i, n in enumerate(src.token_counts(like)):
         ids = rng.integers(2, vocab, size=max(n, 16)).tolist()  # 0/1 are end-of-document and padding
         out.append(_doc(domain, src.tokenizer.decode(ids), i))
     return out
@@ -109,8 +111,8 @@ def random_docs(src: Source, domain: str, like: list[dict], rng: np.random.Gener
 def repeat_docs(src: Source, domain: str, passage: str, like: list[dict]) -> list[dict]:
     """Documents made of one passage repeated, as many and about as long as ``like``'s."""
     per = max(src.num_tokens(passage), 1)
-    return [_doc(domain, "\n".join([passage] * max(1, round(src.num_tokens(ref["text"]) / per))), i)
-            for i, ref in enumerate(like)]
+    return [_doc(domain, "\n".join([passage] * max(1, round(n / per))), i)
+            for i, n in enumerate(src.token_counts(like))]
 
 
 def passage_of(src: Source, domain: str, tokens: int) -> str:
@@ -123,8 +125,8 @@ def passage_of(src: Source, domain: str, tokens: int) -> str:
 def cut_to_tokens(src: Source, docs: list[dict], budget: int) -> list[dict]:
     """The first documents up to ``budget`` tokens (the last one truncated), at least one document."""
     out, used = [], 0
-    for r in docs:
-        ids = src.tokenizer.encode(r["text"]).ids
+    for r, enc in zip(docs, src.tokenizer.encode_batch([r["text"] for r in docs])):
+        ids = enc.ids
         if used + len(ids) >= budget:
             out.append({**r, "text": src.tokenizer.decode(ids[: max(budget - used, 1)])})
             break
@@ -156,7 +158,7 @@ def build_variant(src: Source, variant: str, seed: int) -> tuple[dict[str, dict[
     elif variant == "imbalanced":
         for d in src.domains:
             train = src.docs(d, "train")
-            total = sum(src.num_tokens(r["text"]) for r in train)
+            total = sum(src.token_counts(train))
             if d in IMBALANCED_FULL:
                 budget = total
             elif d in IMBALANCED_EIGHTH:
@@ -203,8 +205,8 @@ def write_variant(src: Source, variant: str, out: Path, tokenizer: Path, seed: i
     preprocess(PreprocessConfig(inputs=(str(corpus), *[p for _, p in extra]), output_dir=str(tmp / "tokens"),
                                 tokenizer_path=str(tokenizer), split=next(iter(splits), "train"),
                                 workers=workers, progress=False))
-    info["tokens"] = {d: {s: sum(src.num_tokens(r["text"]) for r in recs) for s, recs in splits_.items()}
-                      for d, splits_ in docs.items()}
+    manifest = json.loads((tmp / "tokens" / "manifest.json").read_text())
+    info["tokens"] = {split: {d: e["tokens"] for d, e in per.items()} for split, per in manifest["splits"].items()}
     (tmp / "variant.json").write_text(json.dumps({**info, "seed": seed}, indent=2) + "\n")
     if info["oracle_weights"] is not None:  # for mixing.static={kind: file, path: ...}
         (tmp / "oracle_weights.json").write_text(json.dumps(info["oracle_weights"], indent=2) + "\n")
