@@ -67,7 +67,7 @@ study: setup $(BENCH)/clean/variant.json $(BENCH)/noisy/variant.json $(BENCH)/im
 EVAL_DATA ?= data/eval
 EVAL_RUN ?= runs/eval_demo
 EVAL_STEPS ?= 100
-EVAL_LIMIT ?= 4
+EVAL_LIMIT ?= 1
 
 $(EVAL_RUN)/target/checkpoints/latest: | setup demo-data
 	$(PY) train.py configs/demo_proxy.yml schedule.train_steps=$(EVAL_STEPS) logging.run_dir=$(EVAL_RUN)/proxy
