@@ -143,12 +143,16 @@ class Study:
             return False
         if config is None:
             return True
-        from neox.config import load_config
+        from neox.config import MIXING_METHODS, load_config
 
         def essentials(cfg) -> dict:
             d = cfg.to_dict()
             for key in ("name", "logging"):
                 d.pop(key)
+            d["data"].pop("tokenizer")  # a path; the run checked its sha256 against the tokens' manifest
+            for method in MIXING_METHODS:  # the other methods' parameters do not change this run
+                if method != cfg.mixing.method:
+                    d["mixing"].pop(method, None)
             return d
 
         return essentials(load_config(run_dir / "config.yml")) == essentials(load_config(ROOT / config, overrides))
@@ -163,7 +167,8 @@ class Study:
         if overrides is None:
             return None
         config = self.args.target_config if method.endswith("@target") else self.args.config
-        overrides = [f"seed={seed}", f"data.path={vdir / 'tokens'}", f"logging.run_dir={run_dir}",
+        overrides = [f"seed={seed}", f"data.path={vdir / 'tokens'}", f"data.tokenizer={vdir / 'tokenizer.json'}",
+                     f"logging.run_dir={run_dir}",
                      f"name={variant}_{method}_{seed}", f"schedule.train_steps={self.args.steps}",
                      f"eval.interval_steps={self.args.eval_interval}", *overrides]
         if sorted(info["target_domains"]) != sorted(info["train_domains"]):  # the mixers are told the target

@@ -70,5 +70,5 @@ def test_quick_study(bench, tmp_path):
     assert (tmp_path / "out" / "mixing_quality.md").read_text().count("| noisy |") == 3
     assert (tmp_path / "out" / "mixing_quality.png").read_bytes()[:4] == b"\x89PNG"
     # the mixers were told the target: the AC-ODM run's config names the 8 clean domains
-    cfg = (tmp_path / "runs" / "noisy" / "acodm" / "seed1" / "config.yml").read_text()
+    cfg = (tmp_path / "runs_quick" / "noisy" / "acodm" / "seed1" / "config.yml").read_text()  # --quick: RUNS_quick
     assert "target_domains:" in cfg and "junk_" not in cfg.split("target_domains:")[1].split("target_split")[0]

@@ -22,12 +22,16 @@ from neox.export import export_hf  # noqa: E402
 
 pytest.importorskip("lm_eval")
 
+from tests.trainer_utils import clean_env  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = ROOT / "tests" / "data" / "lm_eval_tasks"
 
 
 def offline_env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+    # clean_env: no RANK/MASTER_PORT left in os.environ by an in-process trainer of an earlier test (lm-eval's
+    # Accelerator would start a process group on that port and collide with another test's)
+    return {**clean_env(), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_CACHE": str(tmp_path / "hf_datasets_cache"), "PYTHONPATH": str(ROOT)}
 
 

@@ -208,6 +208,7 @@ def write_variant(src: Source, variant: str, out: Path, tokenizer: Path, seed: i
     manifest = json.loads((tmp / "tokens" / "manifest.json").read_text())
     info["tokens"] = {split: {d: e["tokens"] for d, e in per.items()} for split, per in manifest["splits"].items()}
     (tmp / "variant.json").write_text(json.dumps({**info, "seed": seed}, indent=2) + "\n")
+    shutil.copyfile(tokenizer, tmp / "tokenizer.json")  # the runs check their data against it
     if info["oracle_weights"] is not None:  # for mixing.static={kind: file, path: ...}
         (tmp / "oracle_weights.json").write_text(json.dumps(info["oracle_weights"], indent=2) + "\n")
     if final.exists():

@@ -478,3 +478,8 @@ class PipelineAlignment:
         from acodm.alignment import packed_gram
 
         return packed_gram(packed, token_count_K, self.num_domains, self.block_numels)
+
+    def cross_gram(self, packed: torch.Tensor, token_count_K: Any, other: torch.Tensor, other_count_K: Any):
+        from acodm.alignment import packed_cross_gram
+
+        return packed_cross_gram(packed, token_count_K, other, other_count_K, self.num_domains, self.block_numels)
