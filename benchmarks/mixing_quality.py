@@ -292,7 +292,7 @@ def write_report(rows: list[dict], records: list[dict], out: Path, args: argpars
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.6), squeeze=False)
     for ax, v in zip(axes[0], variants):
-        vr = [r for r in rows if r["variant"] == v and r["method"] != "uniform"]
+        vr = [r for r in rows if r["variant"] == v and r["method"] not in ("uniform", "uniform@target")]
         y = np.arange(len(vr))
         mean = np.array([r["rel_vs_uniform"] for r in vr]) * 100
         err = np.array([[r["rel_vs_uniform"] - r["ci_lo"], r["ci_hi"] - r["rel_vs_uniform"]] for r in vr]).T * 100
