@@ -76,8 +76,10 @@ def test_layout_trains_like_one_process(runs, layout):
     rewards = [r["mixer/reward"] for r in got if "mixer/reward" in r]
     assert len(rewards) == 6
     np.testing.assert_allclose(rewards, [r["mixer/reward"] for r in one if "mixer/reward" in r], rtol=1e-5)
-    # The critic's Q reads the state, which holds the probe-weight norms (summed over stages and shards).
-    q, q_one = [r["mixer/q"] for r in got if "mixer/q" in r], [r["mixer/q"] for r in one if "mixer/q" in r]
+    # The actor's surrogate on replayed steps reads the states, which hold the probe-weight norms (summed over
+    # stages and shards), through the actor.
+    q = [r["mixer/surrogate"] for r in got if "mixer/surrogate" in r]
+    q_one = [r["mixer/surrogate"] for r in one if "mixer/surrogate" in r]
     assert len(q) == len(q_one) > 0
     np.testing.assert_allclose(q, q_one, rtol=1e-4, atol=1e-6)
     ev_one, ev = read_metrics(runs["one"], "eval"), read_metrics(runs[layout], "eval")
