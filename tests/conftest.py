@@ -146,11 +146,18 @@ def demo_data():
          ["tools/preprocess_data.py", "--input", str(paths["corpus"]), "--output-dir", str(paths["tokens"]),
           "--tokenizer", str(paths["tokenizer"]), "--overwrite", "--quiet"]),
     ]
-    for done, cmd in steps:
-        if done.exists():
-            continue
-        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
-                              timeout=900)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+    import fcntl
+
+    base.mkdir(parents=True, exist_ok=True)
+    # Both xdist workers ask for it at once: one builds, the other waits and finds it built (a second
+    # preprocess into the same directory would clear the first one's temporary output as a leftover).
+    with open(base.parent / "test-demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for done, cmd in steps:
+            if done.exists():
+                continue
+            proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
+                                  timeout=1800)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
     return paths
