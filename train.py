@@ -24,7 +24,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, exit_when_interrupted: bool = False) -> int:
+    """The exit code. ``exit_when_interrupted``: after SIGINT/SIGTERM (checkpoint saved, line printed, process
+    group torn down) end the process at once, skipping the interpreter's teardown, so that every rank is gone
+    well within a launcher's or scheduler's grace period (``signals.exit_now``)."""
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -36,12 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     from neox.data import DataFileError
     from neox.training.checkpoint import CheckpointError
     from neox.training.ds_ops import OpBuildError
-    from neox.training.signals import TrainingInterrupted
+    from neox.training.signals import TrainingInterrupted, exit_now
     from neox.training.trainer import Trainer  # deferred: torch/deepspeed imports are slow
 
     # Start-up problems with the user's inputs (data, tokenizer, actor, run directory, checkpoints) are one line
     # and exit code 2, like config errors; anything else keeps its traceback (a bug).
     user_errors = (DataFileError, CheckpointError, FileNotFoundError, FileExistsError, OpBuildError)
+    stopped_by_signal = None
     try:
         try:
             trainer = Trainer(cfg)
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             trainer.fit()
         except TrainingInterrupted as e:
+            stopped_by_signal = e.exit_code
             return _fail(str(e), e.exit_code)
     finally:
         # Tear the process group down before the interpreter exits: gloo's threads otherwise race the
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             from neox.training.ds_ops import remove_shm_buffer
 
             remove_shm_buffer()
+        if stopped_by_signal is not None and exit_when_interrupted:
+            exit_now(stopped_by_signal)
     return 0
 
 
@@ -76,4 +83,4 @@ def _fail(message: str, code: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(exit_when_interrupted=True))
