@@ -419,11 +419,35 @@ def test_preprocess_clears_leftovers_and_respects_the_umask(tmp_path):
     assert out.stat().st_mode & 0o777 == 0o777 & ~current_umask()
 
 
-def test_two_rank_cpu_run_leaves_nothing_in_dev_shm(synthetic_data, tmp_path):
+def test_two_rank_cpu_run_leaves_nothing_in_dev_shm(synthetic_data, tmp_path, monkeypatch):
     port = free_port()
-    cfg = write_config(tmp_path / "c.yml", tiny_config(synthetic_data, tmp_path / "run"))
-    # the deepspeed launcher sets LOCAL_SIZE, which makes the op use its shared-memory all-reduce buffers
-    run_train(cfg, "schedule.train_steps=2", launcher=(sys.executable, "-m", "deepspeed.launcher.runner",
-                                                       "--num_gpus", "2", "--master_port", str(port)))
-    left = [p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")]
+    # The op makes its buffers when the process group comes up: one step is enough, without evaluations or a
+    # checkpoint (four Python processes start here, which is most of the cost on a busy machine).
+    cfg = write_config(tmp_path / "c.yml", tiny_config(
+        synthetic_data, tmp_path / "run", schedule={"train_steps": 1, "warmup_steps": 0},
+        eval={"interval_steps": 0, "at_start": False, "val_samples_per_domain": 1},
+        checkpoint={"interval_steps": 0, "save_final": False}))
+    # Unlike torchrun, the deepspeed launcher leaves OMP_NUM_THREADS alone: two ranks x the cores' OpenMP threads
+    # spin-waiting for CPU time the machine's other jobs hold would make this slow under load.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    pattern = f"deepspeed_allreduce_buffer_*_{port}_*"
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:  # the buffers exist while the ranks run: the check below is not vacuous
+        while not done.wait(0.05):
+            seen.update(p.name for p in Path("/dev/shm").glob(pattern))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        # the deepspeed launcher sets LOCAL_SIZE, which makes the op use its shared-memory all-reduce buffers
+        run_train(cfg, launcher=(sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+                                 "--master_port", str(port)))
+    finally:
+        done.set()
+        watcher.join()
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1]
+    assert len(seen) == 2, seen  # one per rank
+    left = [p.name for p in Path("/dev/shm").glob(pattern)]
     assert not left, left
