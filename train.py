@@ -24,10 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None, exit_when_interrupted: bool = False) -> int:
-    """The exit code. ``exit_when_interrupted``: after SIGINT/SIGTERM (checkpoint saved, line printed, process
-    group torn down) end the process at once, skipping the interpreter's teardown, so that every rank is gone
-    well within a launcher's or scheduler's grace period (``signals.exit_now``)."""
+def main(argv: list[str] | None = None, exit_at_once: bool = False) -> int:
+    """The exit code. ``exit_at_once``: once a distributed run has ended (checkpoint saved, metrics closed, line
+    printed, process group torn down) or a signal stopped it, end the process with that code at once, skipping
+    the interpreter's teardown (``signals.exit_now``). Two reasons: a rank must be gone well within a launcher's
+    or scheduler's grace period after a signal, and the C++ static destructors that run in that teardown can race
+    gloo's threads and abort a rank after a good run ("terminate called without an active exception")."""
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -45,32 +47,34 @@ def main(argv: list[str] | None = None, exit_when_interrupted: bool = False) -> 
     # Start-up problems with the user's inputs (data, tokenizer, actor, run directory, checkpoints) are one line
     # and exit code 2, like config errors; anything else keeps its traceback (a bug).
     user_errors = (DataFileError, CheckpointError, FileNotFoundError, FileExistsError, OpBuildError)
-    stopped_by_signal = None
+    code, stopped_by_signal, distributed = None, False, False
     try:
         try:
             trainer = Trainer(cfg)
         except ConfigError as e:  # found at start-up: a layout that does not fit the world size, a checkpoint's layout
-            return _fail(f"config error: {e}", 2)
+            code = _fail(f"config error: {e}", 2)
         except user_errors as e:
-            return _fail(f"error: {e}", 2)
+            code = _fail(f"error: {e}", 2)
         except KeyboardInterrupt:
-            return _fail("interrupted during start-up; nothing was trained", 130)
-        try:
-            trainer.fit()
-        except TrainingInterrupted as e:
-            stopped_by_signal = e.exit_code
-            return _fail(str(e), e.exit_code)
+            code = _fail("interrupted during start-up; nothing was trained", 130)
+        if code is None:
+            try:
+                trainer.fit()
+                code = 0
+            except TrainingInterrupted as e:
+                stopped_by_signal = True
+                code = _fail(str(e), e.exit_code)
     finally:
-        # Tear the process group down before the interpreter exits: gloo's threads otherwise race the
-        # exit and a rank can abort ("terminate called without an active exception") after a good run.
+        # Tear the process group down before the interpreter exits, on every path (a bug's traceback included).
         if dist.is_initialized():
+            distributed = True
             dist.destroy_process_group()
             from neox.training.ds_ops import remove_shm_buffer
 
             remove_shm_buffer()
-        if stopped_by_signal is not None and exit_when_interrupted:
-            exit_now(stopped_by_signal)
-    return 0
+    if exit_at_once and (distributed or stopped_by_signal):
+        exit_now(code)
+    return code
 
 
 def _fail(message: str, code: int) -> int:
@@ -83,4 +87,4 @@ def _fail(message: str, code: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(exit_when_interrupted=True))
+    sys.exit(main(exit_at_once=True))
