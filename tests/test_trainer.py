@@ -165,8 +165,20 @@ def test_config_validation(tmp_path, synthetic_data):
     assert cfg.mixing.acodm == {"reward": "paper"} and cfg.schedule.train_steps == 9
 
 
-@pytest.mark.parametrize("zero_stage", [0, 1])
-def test_nonfinite_steps_are_skipped_then_the_run_stops(synthetic_data, tmp_path, zero_stage):
+# bf16 runs on the CPU too. "bf16 accumulation, unchecked": DeepSpeed's ZeRO optimizer (not BF16_Optimizer)
+# that does not look at bf16 gradients, so only our veto stops the step and holds the LR.
+PRECISIONS = {
+    "fp32 zero0": {"zero_optimization": {"stage": 0}},
+    "fp32 zero1": {"zero_optimization": {"stage": 1}},
+    "bf16 zero1": {"zero_optimization": {"stage": 1}, "bf16": {"enabled": True}},
+    "bf16 zero1 bf16 accumulation, unchecked": {"zero_optimization": {"stage": 1}, "data_types": {
+        "grad_accum_dtype": "bf16"}, "bf16": {"enabled": True, "check_grad_overflow": False}},
+}
+
+
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_nonfinite_steps_are_skipped_then_the_run_stops(synthetic_data, tmp_path, precision):
+    """A skipped step changes nothing: weights, optimizer state and the LR schedule stay where they were."""
     import torch
 
     from neox.config import load_config
@@ -174,7 +186,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(synthetic_data, tmp_path
 
     cfg = write_config(tmp_path / "c.yml", tiny_config(
         synthetic_data, tmp_path / "run", schedule={"train_steps": 10, "warmup_steps": 0},
-        deepspeed={"zero_optimization": {"stage": zero_stage}}, max_nonfinite_steps=3,
+        deepspeed=PRECISIONS[precision], max_nonfinite_steps=3,
         eval={"at_start": False, "interval_steps": 0, "val_samples_per_domain": 4}))
     trainer = Trainer(load_config(cfg))
     poisoned_steps = {2, 4, 5, 6}  # step 2 alone is skipped; 4, 5, 6 in a row stop the run
@@ -198,11 +210,44 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(synthetic_data, tmp_path
     recs = read_metrics(tmp_path / "run")
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6]
     assert [r["skipped_steps"] for r in recs] == [0, 1, 1, 2, 3, 4]
+    # the LR in force at each step: a skipped step does not advance the schedule (cosine, no warmup)
+    lrs = [r["lr"] for r in recs]
+    assert lrs[1] == lrs[2] and lrs[3] == lrs[4] == lrs[5] and lrs[0] > lrs[1] > lrs[3]
+    assert trainer.engine.global_steps - trainer.engine.skipped_steps == 2  # DeepSpeed agrees: 2 applied
+    adam_steps = {float(s["step"]) for s in trainer.optimizer.state.values()}
+    assert adam_steps == {2.0}
     # the saved state is the last good one: the model after step 3, untouched by the skipped steps
     from safetensors.torch import load_file
     saved = load_file(str(tmp_path / "run" / "checkpoints" / "step_00000006" / "model.safetensors"))
     assert saved.keys() == snap.state.keys()
     assert all(torch.equal(saved[k], snap.state[k].float()) for k in saved)
+
+
+def test_bf16_zero1_accumulates_gradients_in_fp32(synthetic_data, tmp_path):
+    """bf16 under ZeRO-1 sums micro-batch gradients in fp32 by default (DeepSpeed's BF16_Optimizer); an explicit
+    data_types.grad_accum_dtype wins, and ZeRO-0 (where DeepSpeed refuses fp32 accumulation of bf16) keeps bf16."""
+    import torch
+
+    from neox.training.engine import deepspeed_config
+
+    ds_bf16 = {"zero_optimization": {"stage": 1}, "bf16": {"enabled": True}}
+    path = write_config(tmp_path / "c.yml", tiny_config(
+        synthetic_data, tmp_path / "run", deepspeed=ds_bf16, schedule={"train_steps": 2, "warmup_steps": 0},
+        eval={"at_start": False, "interval_steps": 0, "val_samples_per_domain": 4}))
+    cpu = torch.device("cpu")
+    ds = deepspeed_config(load_config(path), 1, cpu)
+    assert ds["data_types"] == {"grad_accum_dtype": "fp32"} and ds["bf16"]["check_grad_overflow"] is True
+    explicit = deepspeed_config(load_config(path, ["deepspeed.data_types.grad_accum_dtype=bf16"]), 1, cpu)
+    assert explicit["data_types"] == {"grad_accum_dtype": "bf16"}
+    assert "data_types" not in deepspeed_config(load_config(path, ["deepspeed.zero_optimization.stage=0"]), 1, cpu)
+
+    trainer = train_in_process(path)
+    engine = trainer.engine
+    assert engine.get_data_types() == (torch.bfloat16, torch.float32)
+    assert engine.optimizer.grad_acc_dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in engine.optimizer.fp32_groups_gradient_flat_partition)
+    assert next(engine.module.parameters()).dtype == torch.bfloat16
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "run"))
 
 
 def test_doremi_with_a_reference_model(synthetic_data, tmp_path):
