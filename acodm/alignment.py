@@ -83,6 +83,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from acodm.gram import alignment_scores  # noqa: F401  # re-exported: W_i lives in acodm/gram.py
+
 MODES = ("exact", "sketch")
 # Wrappers (DDP / DeepSpeed ``module.``, torch.compile ``_orig_mod.``) prefix module names; R seeds are
 # derived from the name without them so that every rank draws the same R whatever it wrapped.
@@ -472,23 +474,6 @@ def packed_cross_gram(packed: torch.Tensor, token_count_K: Any, other: torch.Ten
         gram_KK += ga_KF @ gb_KF.T
         offset += numel
     return gram_KK.numpy()
-
-
-def alignment_scores(gram: np.ndarray, exclude_self: bool = False, normalize: bool = False) -> np.ndarray:
-    """(K,) W_i = ⟨g_i, Σ_j g_j⟩ from the Gram matrix; minus ⟨g_i, g_i⟩ if ``exclude_self``; divided by
-    the mean ‖g_k‖ over present domains (non-zero diagonal) if ``normalize`` (AC-ODM's s_i, DoGE's W/μ)."""
-    gram = np.asarray(gram, dtype=np.float64)
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-        raise ValueError(f"gram must be a square (K, K) matrix, got shape {gram.shape}")
-    diag = np.diag(gram)
-    w = gram.sum(axis=1)
-    if exclude_self:
-        w = w - diag
-    if normalize:
-        present = diag > 0
-        mean_norm = float(np.sqrt(diag[present]).mean()) if present.any() else 0.0
-        w = w / mean_norm if mean_norm > 0 else np.zeros_like(w)
-    return w
 
 
 def default_state_probes(model: nn.Module, count: int = 9) -> list[str]:

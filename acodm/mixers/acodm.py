@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from acodm.gram import alignment_scores, mean_gradient_norm
 from acodm.mixers.base import (
     Mixer,
     MixerNeeds,
@@ -198,13 +199,13 @@ def alignment_reward(
             if not (np.isfinite(scale) and scale > 0):
                 return None
             w_hat = np.zeros(k)
-            w_hat[present] = sub.sum(axis=1) / scale
+            w_hat[present] = alignment_scores(sub) / scale  # W_i / mean ‖g_k‖²
             reward = np.array([float(np.asarray(action, dtype=np.float64) @ w_hat)])
         else:
-            scale = float(np.sqrt(diag).mean())
+            scale = mean_gradient_norm(sub)
             if not (np.isfinite(scale) and scale > 0):
                 return None
-            s = (sub.sum(axis=1) - np.diag(sub)) / scale
+            s = alignment_scores(sub, exclude_self=True) / scale  # s_i = Σ_{j≠i} G_ij / mean ‖g_k‖
             reward = np.zeros(k)
             reward[present] = zscore(s)
     # The replay buffer stores float32: a reward that is finite only in float64 would become inf there.
@@ -226,8 +227,8 @@ def surrogate_terms(stats: StepStats, self_term: str) -> tuple[np.ndarray, np.nd
     gram = np.asarray(stats.gram, dtype=np.float64)
     present = np.asarray(stats.token_count) > 0
     k = gram.shape[0]
-    if stats.target_alignment is None:  # every domain a target: g_T is the mean gradient
-        mask, target = np.full(k, 1.0 / k), gram.mean(axis=1)
+    if stats.target_alignment is None:  # every domain a target: g_T is the mean gradient, <g_i, g_T> = W_i / K
+        mask, target = np.full(k, 1.0 / k), alignment_scores(gram) / k
     else:  # mask_i = 1/|T| for the training domains among the targets
         target = np.asarray(stats.target_alignment, dtype=np.float64)
         count = stats.num_targets or 1

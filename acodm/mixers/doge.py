@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from acodm.gram import alignment_scores, mean_gradient_norm
 from acodm.mixers.base import Mixer, MixerNeeds, StepStats, resolve_initial_weights, stable_softmax
 
 DOGE_ABSENT = ("keep_last", "zero")
@@ -87,13 +88,9 @@ def clip_gram(gram: np.ndarray, max_grad_norm: float | None) -> np.ndarray:
 
 def doge_scores(gram: np.ndarray, present: np.ndarray, exclude_self: bool, normalize_by_mean_norm: bool) -> np.ndarray:
     """(K,) W_i = ⟨g_i, Σ_j g_j⟩ over the ``present`` rows (others 0), optionally / (mean ‖g_k‖ + 1e-6)."""
-    g = np.where(np.outer(present, present), gram, 0.0)  # (K, K)
-    w = g.sum(axis=1)
-    if exclude_self:
-        w = w - np.diag(g)
+    w = alignment_scores(gram, exclude_self=exclude_self, present=present)
     if normalize_by_mean_norm:
-        mean_norm = float(np.mean(np.sqrt(np.maximum(np.diag(g)[present], 0.0)))) if present.any() else 0.0
-        w = w / (mean_norm + _NORM_EPS)
+        w = w / (mean_gradient_norm(gram, present) + _NORM_EPS)
     return np.where(present, w, 0.0)
 
 
@@ -139,7 +136,7 @@ class DoGEMixer(Mixer):
                 w = doge_scores(known, seen, cfg.exclude_self, normalize_by_mean_norm=False)
                 if cfg.normalize_by_mean_norm:
                     # mean over every domain's last row, never-seen rows counting as 0 (L418, L758)
-                    w = w / (float(np.mean(np.sqrt(np.maximum(np.diag(known), 0.0)))) + _NORM_EPS)
+                    w = w / (mean_gradient_norm(known) + _NORM_EPS)
             else:
                 w = doge_scores(clipped, present, cfg.exclude_self, cfg.normalize_by_mean_norm)
             if stats.target_alignment is not None:
