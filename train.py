@@ -3,6 +3,7 @@
     deepspeed train.py configs/pythia_410m_acodm.yml
     torchrun --nproc_per_node 2 train.py configs/demo_cpu.yml
     python train.py configs/demo_cpu.yml schedule.train_steps=50 checkpoint.resume=auto
+    python train.py configs/pythia_410m_acodm.yml --print-config   # resolved config + DeepSpeed config, JSON
 
 Arguments after the config are dotted overrides (``key.sub=value``, values parsed as YAML).
 """
@@ -21,6 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help=argparse.SUPPRESS)  # passed by the deepspeed launcher; LOCAL_RANK is read instead
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and the DeepSpeed config derived from it as JSON, then exit "
+                             "(the world size is WORLD_SIZE, default 1; nothing is started or read)")
     return parser.parse_args(argv)
 
 
@@ -36,6 +40,8 @@ def main(argv: list[str] | None = None, exit_at_once: bool = False) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    if args.print_config:
+        return print_config(cfg)
     import torch.distributed as dist
 
     from neox.data import DataFileError
@@ -75,6 +81,28 @@ def main(argv: list[str] | None = None, exit_at_once: bool = False) -> int:
     if exit_at_once and (distributed or stopped_by_signal):
         exit_now(code)
     return code
+
+
+def print_config(cfg) -> int:
+    """The resolved config and the DeepSpeed config the engine would get, as one JSON object on stdout."""
+    import json
+    import os
+
+    import torch
+
+    from neox.training.engine import deepspeed_config
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        dp_size = cfg.check_world_size(world_size)
+    except ConfigError as e:
+        return _fail(f"config error: {e}", 2)
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    out = {"config": cfg.to_dict(), "deepspeed": deepspeed_config(cfg, dp_size, device),
+           "world_size": world_size, "device": device.type}
+    print(json.dumps(out, indent=2))
+    return 0
 
 
 def _fail(message: str, code: int) -> int:

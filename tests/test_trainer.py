@@ -250,6 +250,27 @@ def test_bf16_zero1_accumulates_gradients_in_fp32(synthetic_data, tmp_path):
     assert all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "run"))
 
 
+def test_print_config_prints_both_configs_and_starts_nothing(tmp_path):
+    """--print-config: the resolved config and the DeepSpeed config as one JSON object, exit 0, with data that
+    does not exist (nothing is read) and no run directory created (nothing is started)."""
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yml", tiny_config(
+        tmp_path / "no_such_data", run_dir, deepspeed={"zero_optimization": {"stage": 1}, "bf16": {"enabled": True}}))
+    cmd = [sys.executable, str(ROOT / "train.py"), str(cfg), "schedule.train_steps=9", "--print-config"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(WORLD_SIZE="2"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["config"]["schedule"]["train_steps"] == 9 and out["world_size"] == 2
+    ds = out["deepspeed"]
+    assert ds["train_batch_size"] == 8 and ds["train_micro_batch_size_per_gpu"] == 2
+    assert ds["gradient_accumulation_steps"] == 2  # 8 / (2 x 2 ranks)
+    assert ds["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert not run_dir.exists()
+    bad = subprocess.run(cmd, cwd=ROOT, env=clean_env(WORLD_SIZE="3"), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip().count("\n") == 0 and "global_batch_sequences (8) must be divisible" in bad.stderr
+
+
 def test_doremi_with_a_reference_model(synthetic_data, tmp_path):
     """DoReMi reads a reference model from another run's checkpoint and is fed excess losses."""
     ref_dir = tmp_path / "reference"
