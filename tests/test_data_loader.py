@@ -109,6 +109,28 @@ def test_ids_outside_vocab_name_the_file(data_dir):
     open_domains(data_dir, "train", SEQ, seed=0, vocab_size=50, check_token_ids=False)  # opted out
 
 
+def test_startup_trusts_the_recorded_ids_and_memory_maps_the_rest(data_dir, monkeypatch):
+    import neox.data.indexed as indexed
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("start-up read a whole file")
+
+    monkeypatch.setattr(indexed, "scan_token_ids", must_not_run)
+    monkeypatch.setattr(indexed, "check_layout", must_not_run)
+    corpus = open_domains(data_dir, "train", SEQ, seed=0, vocab_size=VOCAB)
+    with pytest.raises(DataFileError, match=r"domain_01\.bin contains token id \d+ outside \[0, 50\) \(its "
+                                            r"largest id, recorded at preprocessing\)"):
+        open_domains(data_dir, "train", SEQ, seed=0, vocab_size=50, domains=["domain_01"])
+    manifest = json.load(open(os.path.join(data_dir, "manifest.json")))
+    for k, ds in enumerate(corpus.datasets):
+        assert isinstance(ds.tokens, np.memmap) and ds.tokens.shape == (ds.num_tokens,)
+        assert ds.num_tokens == manifest["splits"]["train"][corpus.names[k]]["tokens"]
+        index = ds.indexed.index
+        for per_document in (index.sequence_lengths, index.sequence_pointers, index.document_indices):
+            assert not per_document.flags.owndata  # views of the mapped .idx, not copies
+        assert ds._perms == {}  # the epoch permutation waits for the first batch
+
+
 def test_missing_bin_names_the_file(data_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(data_dir, copy)

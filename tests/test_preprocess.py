@@ -78,7 +78,10 @@ def test_corpus_dir_reads_back_through_megatron(corpus_dir, tokenizer_path, tmp_
             assert [doc.tolist() for doc in ds] == expected
             assert ds.index.dtype == np.uint16
             stats = on_disk["splits"][split][entry["name"]]
-            assert stats == {"documents": n, "tokens": sum(map(len, expected))}
+            assert stats == {"documents": n, "tokens": sum(map(len, expected)),
+                             "max_token_id": max(max(doc) for doc in expected)}
+    assert on_disk["token_ids_verified"]["below_vocab_size"] == 300
+    assert on_disk["token_ids_verified"]["tokenizer_sha256"] == on_disk["tokenizer"]["sha256"]
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
     corpus = open_domains(str(tmp_path / "out"), "val", seq_len_tokens=8, seed=0,
                           expected_tokenizer_sha256=on_disk["tokenizer"]["sha256"])
@@ -146,6 +149,115 @@ def test_skip_bad_counts(tokenizer_path, tmp_path, capsys):
     assert "skipped 2 bad record(s)" in out and "MB/s" in out and "tokens/s" in out
     manifest = json.load(open(tmp_path / "out" / "manifest.json"))
     assert manifest["splits"]["train"]["a"]["documents"] == 2
+    rejects = tmp_path / "out" / "rejects.txt"
+    assert f"listed in {rejects}" in out
+    assert rejects.read_text().splitlines() == [f"{tmp_path / 'in.jsonl'}:2\tmalformed JSON (Expecting property "
+                                                "name enclosed in double quotes: line 1 column 2 (char 1))",
+                                                f"{tmp_path / 'in.jsonl'}:3\trecord has no string field 'text'"]
+
+
+def test_corpus_dir_domain_comes_from_the_directory(tokenizer_path, tmp_path):
+    root = tmp_path / "corpus"
+    _write_jsonl(str(root / "Ubuntu_IRC" / "train.jsonl"), [{"text": "hi all"}, {"text": "hi", "domain": "Ubuntu IRC"}])
+    _write_jsonl(str(root / "code" / "train.jsonl"), [{"text": "def f(): pass"}])
+    manifest = _run([str(root)], tmp_path / "out", tokenizer_path)
+    assert manifest["splits"]["train"]["Ubuntu_IRC"]["documents"] == 1  # the field-less record
+    assert manifest["splits"]["train"]["Ubuntu IRC"]["documents"] == 1  # its field names it; it lives there
+    assert manifest["splits"]["train"]["code"]["documents"] == 1
+    _write_jsonl(str(root / "code" / "train.jsonl"), [{"text": "x = 1"}, {"text": "hello", "domain": "web"}])
+    with pytest.raises(PreprocessError, match=r"code/train\.jsonl:2: record has domain 'web' .* directory of "
+                                              r"domain 'code'"):
+        _run([str(root)], tmp_path / "out2", tokenizer_path)
+
+
+def test_cleanup_spares_the_temporary_directory_of_a_live_run(tokenizer_path, tmp_path):
+    import socket
+
+    _write_jsonl(str(tmp_path / "in.jsonl"), [{"text": "hello", "domain": "x"}])
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    try:
+        live_tmp = tmp_path / f"out.tmp-{host}-{live.pid}-abc_1234"
+        dead_tmp = tmp_path / f"out.tmp-{host}-{dead.pid}-xyz_5678"
+        other_host_tmp = tmp_path / f"out.tmp-{host}-elsewhere-{dead.pid}-q1w2e3r4"
+        old_style = tmp_path / "out.tmp-k9j8h7g6"  # made before owners were recorded: a leftover
+        for d in (live_tmp, dead_tmp, other_host_tmp, old_style):
+            d.mkdir()
+            (d / "part.bin").write_bytes(b"x")
+        _run([str(tmp_path / "in.jsonl")], tmp_path / "out", tokenizer_path)
+        assert live_tmp.is_dir() and (live_tmp / "part.bin").exists()
+        assert other_host_tmp.is_dir()
+        assert not dead_tmp.exists() and not old_style.exists()
+        assert (tmp_path / "out" / "manifest.json").exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def _corrupt_token(bin_path, position, value):
+    tokens = np.memmap(bin_path, dtype=np.uint16, mode="r+")
+    tokens[position] = value
+    tokens.flush()
+    del tokens
+
+
+def test_startup_reads_no_token_file_and_verify_catches_a_bad_id(corpus_dir, tokenizer_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    _run([corpus_dir], out, tokenizer_path)
+    assert main(["--verify", str(out), "--quiet"]) == 0
+    assert "every id in [0, 300)" in capsys.readouterr().out
+    bad_bin = out / "train" / "Github.bin"
+    _corrupt_token(str(bad_bin), 5, 60000)
+    corpus = open_domains(str(out), "train", seq_len_tokens=8, seed=0)  # start-up does not see it
+    github = corpus.datasets[corpus.names.index("Github")]
+    assert int(github.tokens[5]) == 60000
+    assert main(["--verify", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bad_bin} contains token id 60000 outside [0, 300) at token 5" in err
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "preprocess_data.py"), "--verify",
+                             str(out), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Github.bin contains token id 60000" in result.stderr
+
+
+def test_startup_reads_only_the_ends_of_the_index_and_verify_reads_all(corpus_dir, tokenizer_path, tmp_path,
+                                                                        capsys):
+    out = tmp_path / "out"
+    _run([corpus_dir], out, tokenizer_path)
+    idx = out / "train" / "Pile-CC.idx"
+    raw = bytearray(idx.read_bytes())
+    count = int.from_bytes(raw[18:26], "little")  # header: magic 9, version 8, dtype 1, sequence count 8, ...
+    pointer_1 = 34 + 4 * count + 8  # the second sequence pointer (int64), after the int32 lengths
+    moved = int.from_bytes(raw[pointer_1 : pointer_1 + 8], "little") + 2
+    raw[pointer_1 : pointer_1 + 8] = moved.to_bytes(8, "little")
+    idx.write_bytes(bytes(raw))
+    open_domains(str(out), "train", seq_len_tokens=8, seed=0)
+    assert main(["--verify", str(out), "--quiet"]) == 2
+    assert "Pile-CC.idx: sequences are not stored contiguously" in capsys.readouterr().err
+
+
+def test_verify_records_the_check_in_an_old_manifest(corpus_dir, tokenizer_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    _run([corpus_dir], out, tokenizer_path)
+    path = out / "manifest.json"
+    manifest = json.load(open(path))
+    del manifest["token_ids_verified"]  # as written before the record existed
+    for split in manifest["splits"].values():
+        for entry in split.values():
+            del entry["max_token_id"]
+    path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    open_domains(str(out), "train", seq_len_tokens=8, seed=0)  # still reads, with a hint
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--verify {out}" in err
+    with pytest.raises(ValueError, match=r"contains token id \d+ outside \[0, 20\) at token"):
+        open_domains(str(out), "train", seq_len_tokens=8, seed=0, vocab_size=20)  # the old check still runs
+    assert main(["--verify", str(out), "--quiet"]) == 0
+    assert "recorded in its manifest" in capsys.readouterr().out
+    assert json.load(open(path))["token_ids_verified"]["tokenizer_sha256"] == manifest["tokenizer"]["sha256"]
+    open_domains(str(out), "train", seq_len_tokens=8, seed=0)
+    assert capsys.readouterr().err == ""
 
 
 def test_empty_input_file_is_an_error(tokenizer_path, tmp_path):

@@ -8,13 +8,16 @@ prediction target once per epoch. The trailing partial window is dropped.
 
 Because the ``.bin`` file is the concatenation itself, a window is a slice of the memory-mapped token
 array: the "sample index" is the arithmetic ``start = j * seq_len_tokens`` and costs no memory. The
-only per-domain array is the per-epoch permutation of window ids (O(tokens / seq_len)), cached for the
-epoch in use.
+per-document arrays of the ``.idx`` stay memory-mapped and unread at start-up (only the first and last
+entry are looked at), and no token file is read to check ids when the manifest records them verified.
+The only per-domain array built is the per-epoch permutation of window ids (O(tokens / seq_len)),
+made on the first batch that needs it and cached for the epoch in use.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections import OrderedDict
 
@@ -57,6 +60,11 @@ class DomainDataset:
     ``ds[i]`` returns the window ``perm_e[i % num_samples]`` of epoch ``e = i // num_samples``, where
     ``perm_e`` is a permutation seeded from ``(seed, domain_index, e)``. Within an epoch no window
     repeats; epochs never run out.
+
+    Opening costs O(1) in the size of the files: the ``.idx`` and ``.bin`` are memory-mapped and only
+    the first and last sequence of the index are read. The token-id check against ``vocab_size``
+    uses ``recorded_max_token_id`` (the largest id, recorded at preprocessing) when given; without it
+    the whole file is read once (``check_layout`` and ``check_vocab``).
     """
 
     _PERM_CACHE_EPOCHS = 2  # the plan's cursor crosses an epoch boundary inside one batch at most
@@ -69,6 +77,7 @@ class DomainDataset:
         domain_index: int,
         name: str | None = None,
         vocab_size: int | None = None,
+        recorded_max_token_id: int | None = None,
     ) -> None:
         if seq_len_tokens < 1:
             raise ValueError(f"seq_len_tokens must be >= 1, got {seq_len_tokens}")
@@ -80,25 +89,8 @@ class DomainDataset:
         self.indexed = open_indexed_dataset(path_prefix)
         index = self.indexed.index
         self.num_documents = len(index.document_indices) - 1
-        lengths = np.asarray(index.sequence_lengths, dtype=np.int64)
-        pointers = np.asarray(index.sequence_pointers, dtype=np.int64)
-        itemsize = np.dtype(index.dtype).itemsize
-        self.num_tokens = int(lengths.sum())
-        # Windows are slices of the .bin, which is only right when sequences are stored back to back
-        # in index order (always true for IndexedDatasetBuilder output, including merged files).
-        expected = np.concatenate([[0], np.cumsum(lengths[:-1]) * itemsize]) if len(lengths) else lengths
-        if not np.array_equal(pointers, expected):
-            raise DataFileError(
-                f"{path_prefix}.idx: sequences are not stored contiguously in {path_prefix}.bin; "
-                "rewrite the file with IndexedDatasetBuilder"
-            )
+        self.num_tokens = _num_tokens_from_ends(path_prefix, index)
         bin_path = path_prefix + ".bin"
-        bin_bytes = os.path.getsize(bin_path)
-        if bin_bytes != self.num_tokens * itemsize:
-            raise DataFileError(
-                f"{bin_path} holds {bin_bytes} bytes but {path_prefix}.idx describes "
-                f"{self.num_tokens * itemsize}; the pair is inconsistent (truncated copy?)"
-            )
         if self.num_tokens < self.seq_len_tokens + 1:
             raise DataFileError(
                 f"{bin_path} holds {self.num_tokens} tokens, fewer than one sample of "
@@ -106,8 +98,10 @@ class DomainDataset:
             )
         self.tokens = np.memmap(bin_path, dtype=index.dtype, mode="r")  # (num_tokens,)
         self.num_samples = (self.num_tokens - 1) // self.seq_len_tokens
-        self.max_token_id = None
+        self.max_token_id = None if recorded_max_token_id is None else int(recorded_max_token_id)
         if vocab_size is not None:
+            if self.max_token_id is None:
+                check_layout(path_prefix, index)
             self.check_vocab(vocab_size)
         self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -125,22 +119,20 @@ class DomainDataset:
         self._perms = OrderedDict()
 
     def check_vocab(self, vocab_size: int) -> None:
-        """Raise if any token id is outside ``[0, vocab_size)``; one streaming pass over the mmap."""
+        """Raise if any token id is outside ``[0, vocab_size)``.
+
+        Uses the largest id recorded at preprocessing when there is one; otherwise one streaming pass
+        over the file (seconds per GB), whose result is kept.
+        """
         if self.max_token_id is None:
-            # Chunked so that a 100 GB file never needs more than a chunk of resident memory at once.
-            chunk = 1 << 26
-            hi, lo = 0, 0
-            for start in range(0, self.num_tokens, chunk):
-                part = self.tokens[start : start + chunk]
-                hi = max(hi, int(part.max()))
-                lo = min(lo, int(part.min()))
-            self.max_token_id, self._min_token_id = hi, lo
-        if self._min_token_id < 0 or self.max_token_id >= vocab_size:
-            bad = self.max_token_id if self.max_token_id >= vocab_size else self._min_token_id
+            self.max_token_id = scan_token_ids(self.path_prefix + ".bin", self.indexed.index.dtype, vocab_size)
+            return
+        if self.max_token_id >= vocab_size:
             raise DataFileError(
-                f"{self.path_prefix}.bin contains token id {bad} outside [0, {vocab_size}); it was "
-                "tokenized with a different tokenizer than the model's vocab_size; re-run preprocessing "
-                "with the model's tokenizer or raise model.vocab_size"
+                f"{self.path_prefix}.bin contains token id {self.max_token_id} outside [0, {vocab_size}) "
+                "(its largest id, recorded at preprocessing); it was tokenized with a different tokenizer "
+                "than the model's vocab_size; re-run preprocessing with the model's tokenizer or raise "
+                "model.vocab_size"
             )
 
     def __len__(self) -> int:
@@ -193,6 +185,84 @@ class DomainDataset:
             f"DomainDataset(name={self.name!r}, documents={self.num_documents}, tokens={self.num_tokens}, "
             f"seq_len_tokens={self.seq_len_tokens}, num_samples={self.num_samples})"
         )
+
+
+
+# --- whole-file checks: O(1) at start-up, streaming for the full check ------------------------------
+
+_SCAN_CHUNK_ITEMS = 1 << 24  # items per read in the full checks: bounded memory for any file size
+
+
+def _num_tokens_from_ends(path_prefix: str, index) -> int:
+    """Tokens in ``PREFIX.bin``, read from the first and last sequence of the index only.
+
+    The end of the last sequence must be the end of the ``.bin`` (catches truncated and mismatched
+    pairs without reading the per-document arrays, which run to GBs at Pile scale). That sequences
+    are back to back in between is what ``check_layout`` proves, at preprocessing or ``--verify``.
+    """
+    itemsize = np.dtype(index.dtype).itemsize
+    bin_path = path_prefix + ".bin"
+    bin_bytes = os.path.getsize(bin_path)
+    num_sequences = len(index.sequence_lengths)
+    if num_sequences == 0:
+        first, end = 0, 0
+    else:
+        first = int(index.sequence_pointers[0])
+        end = int(index.sequence_pointers[-1]) + int(index.sequence_lengths[-1]) * itemsize
+    if first != 0 or end != bin_bytes:
+        raise DataFileError(
+            f"{bin_path} holds {bin_bytes} bytes but {path_prefix}.idx describes {end}; the pair is "
+            "inconsistent (truncated copy?); re-run tools/preprocess_data.py"
+        )
+    return bin_bytes // itemsize
+
+
+def check_layout(path_prefix: str, index) -> int:
+    """Prove that sequences are stored back to back in index order; returns the number of tokens.
+
+    Windows are slices of the ``.bin``, which is only right for such files (always true for
+    ``IndexedDatasetBuilder`` output, including merged files). Reads the index in chunks.
+    """
+    itemsize = np.dtype(index.dtype).itemsize
+    lengths, pointers = index.sequence_lengths, index.sequence_pointers
+    offset_bytes = 0
+    for lo in range(0, len(lengths), _SCAN_CHUNK_ITEMS):
+        length_c = np.asarray(lengths[lo : lo + _SCAN_CHUNK_ITEMS], dtype=np.int64)  # (chunk,)
+        ends_c = offset_bytes + np.cumsum(length_c) * itemsize
+        starts_c = ends_c - length_c * itemsize
+        if not np.array_equal(pointers[lo : lo + _SCAN_CHUNK_ITEMS], starts_c):
+            raise DataFileError(
+                f"{path_prefix}.idx: sequences are not stored contiguously in {path_prefix}.bin; "
+                "rewrite the file with IndexedDatasetBuilder"
+            )
+        offset_bytes = int(ends_c[-1])
+    return _num_tokens_from_ends(path_prefix, index)
+
+
+def scan_token_ids(bin_path: str, dtype, vocab_size: int) -> int:
+    """Read ``bin_path`` once (plain reads of bounded size, no mmap) and return its largest token id.
+
+    Raises ``DataFileError`` naming the file and the position of the first id outside
+    ``[0, vocab_size)``.
+    """
+    largest = -1
+    position = 0
+    with open(bin_path, "rb") as fh:
+        while True:
+            part = np.fromfile(fh, dtype=dtype, count=_SCAN_CHUNK_ITEMS)
+            if part.size == 0:
+                return largest
+            lo, hi = int(part.min()), int(part.max())
+            if lo < 0 or hi >= vocab_size:
+                first = int(np.flatnonzero((part < 0) | (part >= vocab_size))[0])
+                raise DataFileError(
+                    f"{bin_path} contains token id {int(part[first])} outside [0, {vocab_size}) at token "
+                    f"{position + first}; it was tokenized with a different tokenizer than the model's "
+                    "vocab_size or is corrupt; re-run preprocessing with the model's tokenizer or raise "
+                    "model.vocab_size"
+                )
+            largest = max(largest, hi)
+            position += part.size
 
 
 # --- the multi-domain directory written by tools/preprocess_data.py -------------------------------
@@ -272,9 +342,12 @@ def open_domains(
     ``.bin``/``.idx`` files, token ids >= ``vocab_size`` (defaults to the manifest's tokenizer
     vocab size), and, when given, the sha256 of the tokenizer the data was made with.
 
-    The token-id check reads every file once (a streaming max over the mmap: seconds per GB). Pass
-    ``check_token_ids=False`` to skip it for data already checked, e.g. on every rank but one.
-    Samples of domain ``k`` (its index in ``names``) are shuffled per epoch from ``(seed, k, epoch)``.
+    Opening reads no token file: ``tools/preprocess_data.py`` records each file's largest token id in
+    the manifest (``token_ids_verified``) and the check compares that number. A manifest without the
+    record (written before it existed, or by another tool) makes this read every file once, with a
+    one-line hint to record it (``tools/preprocess_data.py --verify DIR``). ``check_token_ids=False``
+    skips the check. Samples of domain ``k`` (its index in ``names``) are shuffled per epoch from
+    ``(seed, k, epoch)``.
     """
     manifest = read_manifest(data_dir)
     manifest_path = os.path.join(data_dir, MANIFEST_FILE)
@@ -313,15 +386,40 @@ def open_domains(
         vocab_size = manifest["tokenizer"].get("vocab_size")
     if not check_token_ids:
         vocab_size = None
-    datasets = [
-        DomainDataset(
+    recorded = {name: recorded_max_token_id(manifest, split, name) for name in names}
+    if vocab_size is not None and None in recorded.values():
+        print(f"note: {manifest_path} does not record verified token ids, so start-up reads every "
+              f"{split} token file to check them (slow at scale); run `python tools/preprocess_data.py "
+              f"--verify {data_dir}` once to check and record them", file=sys.stderr)
+    datasets = []
+    for k, name in enumerate(names):
+        ds = DomainDataset(
             os.path.join(data_dir, split, file_of[name]),
             seq_len_tokens=seq_len_tokens,
             seed=seed,
             domain_index=k,
             name=name,
             vocab_size=vocab_size,
+            recorded_max_token_id=recorded[name],
         )
-        for k, name in enumerate(names)
-    ]
+        expected_tokens = split_info[name].get("tokens")
+        if expected_tokens is not None and ds.num_tokens != int(expected_tokens):
+            raise DataFileError(
+                f"{ds.path_prefix}.bin holds {ds.num_tokens} tokens but {manifest_path} records "
+                f"{expected_tokens}; the files changed after preprocessing; re-run tools/preprocess_data.py"
+            )
+        datasets.append(ds)
     return DomainCorpus(data_dir, split, names, datasets, manifest)
+
+
+def recorded_max_token_id(manifest: dict, split: str, name: str) -> int | None:
+    """The largest token id of ``split``/``name`` as verified when the files were written, or None.
+
+    Trusted only while the record names the tokenizer the manifest names (a manifest edited to
+    another tokenizer loses it).
+    """
+    record = manifest.get("token_ids_verified")
+    if not isinstance(record, dict) or record.get("tokenizer_sha256") != manifest["tokenizer"].get("sha256"):
+        return None
+    value = manifest["splits"].get(split, {}).get(name, {}).get("max_token_id")
+    return int(value) if isinstance(value, int) else None

@@ -6,9 +6,15 @@ Output layout (read by ``neox.data.open_domains``)::
     DIR/<split>/<file>.bin, .idx      one IndexedDataset per domain; <file> is the sanitised name
 
 Every document is its tokens followed by the end-of-document token. The run writes into a temporary
-sibling ``DIR.tmp-XXXX`` and renames it to ``DIR`` only when everything is complete, so an interrupted
-run never leaves files that look finished. Workers tokenize chunks of lines; ``imap`` returns them in
-input order and one process writes, so the output is identical for any number of workers.
+sibling ``DIR.tmp-<host>-<pid>-XXXX`` and renames it to ``DIR`` only when everything is complete, so an
+interrupted run never leaves files that look finished; a later run removes such leftovers once their
+owner process is gone (never those of a run still going). The manifest records the largest token id of
+every file (``token_ids_verified``), checked below the tokenizer's vocabulary as the files are written,
+so that training start-up never reads token files to check them; ``--verify DIR`` rechecks a directory
+by reading every file. Records skipped by ``--skip-bad`` are listed in ``DIR/rejects.txt``.
+
+Workers tokenize chunks of lines; ``imap`` returns them in input order and one process writes, so the
+output is identical for any number of workers.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -29,10 +36,13 @@ from typing import Iterator
 
 import numpy as np
 
-from neox.data.indexed import MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION
+from neox.data.indexed import (MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, DataFileError,
+                               check_layout, open_indexed_dataset, read_manifest,
+                               recorded_max_token_id, scan_token_ids)
 from neox.permissions import respect_umask
 
-TOOL_VERSION = "1.0"
+TOOL_VERSION = "1.1"
+REJECTS_FILE = "rejects.txt"
 SPLITS = ("train", "val")
 EOD_TOKEN = "<|endoftext|>"
 # megatron-core stores uint16 when the vocabulary fits; its own tools switch at 65500.
@@ -147,6 +157,7 @@ def assign_file_names(names: list[str]) -> dict[str, str]:
 class _Source:
     path: str
     split: str
+    domain: str | None = None  # the <domain> directory of a corpus directory; None for a bare file
 
 
 def _is_jsonl(path: str) -> bool:
@@ -168,7 +179,7 @@ def discover_sources(config: PreprocessConfig) -> list[_Source]:
                         for ext in (".jsonl", ".jsonl.zst"):
                             candidate = os.path.join(full, corpus_split + ext)
                             if os.path.isfile(candidate):
-                                found.append(_Source(candidate, corpus_split))
+                                found.append(_Source(candidate, corpus_split, domain_dir))
                 if not found:
                     raise PreprocessError(
                         f"{path} is a directory but holds no <domain>/{{train,val}}.jsonl[.zst] files"
@@ -209,8 +220,8 @@ def _open_lines(path: str, counter: _CountingReader) -> Iterator[bytes]:
         yield from io.BufferedReader(counter, buffer_size=1 << 20)
 
 
-def _read_chunks(sources: list[_Source], chunk_lines: int) -> Iterator[tuple[int, int, list[bytes], int]]:
-    """(source id, first line number, lines, disk bytes consumed since the previous chunk)."""
+def _read_chunks(sources: list[_Source], chunk_lines: int) -> Iterator[tuple]:
+    """(source id, first line number, lines, disk bytes consumed since the previous chunk, directory domain)."""
     for source_id, source in enumerate(sources):
         with open(source.path, "rb") as fh:
             counter = _CountingReader(fh)
@@ -222,11 +233,11 @@ def _read_chunks(sources: list[_Source], chunk_lines: int) -> Iterator[tuple[int
                     first = line_no
                 lines.append(line)
                 if len(lines) == chunk_lines:
-                    yield source_id, first, lines, counter.bytes_read - reported
+                    yield source_id, first, lines, counter.bytes_read - reported, source.domain
                     reported = counter.bytes_read
                     lines = []
             if lines:
-                yield source_id, first, lines, counter.bytes_read - reported
+                yield source_id, first, lines, counter.bytes_read - reported, source.domain
 
 
 # --- tokenizing (runs in workers) --------------------------------------------------------------------
@@ -252,7 +263,7 @@ class _ChunkResult:
 
 
 def _tokenize_chunk(tokenizer, chunk, domain_key: str, text_key: str, eod_id: int, dtype) -> _ChunkResult:
-    source_id, first_line, lines, disk_bytes = chunk
+    source_id, first_line, lines, disk_bytes, dir_domain = chunk
     texts: list[str] = []
     domains: list[str] = []
     bad: list[tuple[int, str]] = []
@@ -269,12 +280,18 @@ def _tokenize_chunk(tokenizer, chunk, domain_key: str, text_key: str, eod_id: in
             continue
         text = _dig(record, text_key)
         domain = _dig(record, domain_key)
+        if dir_domain is not None and domain is None:
+            domain = dir_domain  # DIR/<domain>/train.jsonl: the directory names the domain
         if not isinstance(text, str):
             bad.append((line_no, f"record has no string field {text_key!r}"))
         elif not isinstance(domain, str):
             bad.append((line_no, f"record has no string domain field {domain_key!r}"))
         elif not domain.strip():
             bad.append((line_no, f"record has an empty domain under {domain_key!r}"))
+        elif dir_domain is not None and sanitize_domain_name(domain) != dir_domain:
+            # The directory holds the domain's file-name form ("Ubuntu IRC" lives in Ubuntu_IRC/).
+            bad.append((line_no, f"record has domain {domain!r} under {domain_key!r} but lies in the "
+                                 f"directory of domain {dir_domain!r}"))
         else:
             texts.append(text)
             domains.append(domain)
@@ -315,13 +332,50 @@ def _prepare_output(output_dir: str, overwrite: bool) -> str:
         raise PreprocessError(f"--output-dir {output_dir} exists and is not a directory")
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
-    # A run killed before its rename (SIGKILL, OOM) leaves OUT.tmp-* (or OUT.old-*) behind: the rerun clears them.
+    # A run killed before its rename (SIGKILL, OOM) leaves OUT.tmp-* (or OUT.old-*) behind: clear those,
+    # but not the ones of a run writing the same output right now (they name a live owner).
     base = os.path.basename(output_dir)
     for leftover in sorted(glob.glob(os.path.join(glob.escape(parent), glob.escape(base) + ".tmp-*")) +
                            glob.glob(os.path.join(glob.escape(parent), glob.escape(base) + ".old-*"))):
+        owner = _live_owner(os.path.basename(leftover)[len(base):])
+        if owner is not None:
+            print(f"left {leftover} alone: it belongs to {owner}, which may still be running", file=sys.stderr)
+            continue
         shutil.rmtree(leftover, ignore_errors=True)
         print(f"removed {leftover} (left by an interrupted run)", file=sys.stderr)
-    return tempfile.mkdtemp(prefix=base + ".tmp-", dir=parent)
+    return tempfile.mkdtemp(prefix=base + _owned_tag(".tmp"), dir=parent)
+
+
+# ".tmp-<host>-<pid>-<mkdtemp suffix>": mkdtemp's suffix has no "-", a host name may.
+_OWNED = re.compile(r"\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[^-]+")
+
+
+def _owned_tag(kind: str) -> str:
+    """The prefix of a temporary directory that names the process owning it."""
+    return f"{kind}-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _live_owner(suffix: str) -> str | None:
+    """The owner ("pid N", "pid N on HOST") when the directory with this name suffix may belong to a live run.
+
+    A directory of another host is kept (its pid means nothing here); one without an owner in its name
+    was made before owners were recorded and counts as a leftover.
+    """
+    match = _OWNED.fullmatch(suffix)
+    if match is None:
+        return None
+    host, pid = match["host"], int(match["pid"])
+    if host != socket.gethostname():
+        return f"pid {pid} on {host}"
+    if pid == os.getpid():
+        return None  # our own earlier attempt in this process (it has failed and cleaned up, or is garbage)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # exists, owned by another user
+    return f"pid {pid}"
 
 
 def _publish(tmp_dir: str, output_dir: str) -> None:
@@ -330,7 +384,8 @@ def _publish(tmp_dir: str, output_dir: str) -> None:
     respect_umask(tmp_dir)  # mkdtemp made it 0700: the published directory gets the modes the umask allows
     old = None
     if os.path.exists(output_dir):
-        old = tempfile.mkdtemp(prefix=os.path.basename(output_dir) + ".old-", dir=os.path.dirname(output_dir))
+        old = tempfile.mkdtemp(prefix=os.path.basename(output_dir) + _owned_tag(".old"),
+                               dir=os.path.dirname(output_dir))
         os.rmdir(old)
         os.replace(output_dir, old)
     os.replace(tmp_dir, output_dir)
@@ -340,7 +395,12 @@ def _publish(tmp_dir: str, output_dir: str) -> None:
 
 def write_manifest(out_dir: str, tokenizer: dict, dtype, stats: dict[str, dict[str, dict]],
                    files: dict[str, str], tool: str) -> dict:
-    """``manifest.json``: domains in sorted order, per split and domain documents and tokens."""
+    """``manifest.json``: domains in sorted order, per split and domain documents and tokens.
+
+    When every stats entry has ``max_token_id`` (the writer saw every id it wrote and checked them
+    in ``[0, vocab_size)``), the manifest records ``token_ids_verified`` with the tokenizer's sha256,
+    and start-up trusts those numbers instead of reading the files.
+    """
     manifest = {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_FORMAT_VERSION,
@@ -353,23 +413,36 @@ def write_manifest(out_dir: str, tokenizer: dict, dtype, stats: dict[str, dict[s
             split: {name: stats[split][name] for name in sorted(stats[split])} for split in sorted(stats)
         },
     }
+    entries = [entry for split in stats.values() for entry in split.values()]
+    if entries and all("max_token_id" in entry for entry in entries):
+        manifest["token_ids_verified"] = _verification_record(tokenizer, tool)
+    _write_manifest_file(out_dir, manifest)
+    return manifest
+
+
+def _verification_record(tokenizer: dict, by: str) -> dict:
+    return {"below_vocab_size": tokenizer["vocab_size"], "tokenizer_sha256": tokenizer.get("sha256"),
+            "by": by, "tool_version": TOOL_VERSION}
+
+
+def _write_manifest_file(out_dir: str, manifest: dict) -> None:
     tmp = os.path.join(out_dir, MANIFEST_FILE + ".tmp")
     with open(tmp, "w") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=False)
         fh.write("\n")
     os.replace(tmp, os.path.join(out_dir, MANIFEST_FILE))
-    return manifest
 
 
 class _DomainWriters:
     """One IndexedDatasetBuilder per (split, domain), created on first use under a provisional name."""
 
-    def __init__(self, out_dir: str, dtype) -> None:
+    def __init__(self, out_dir: str, dtype, vocab_size: int) -> None:
         from neox.data.indexed import megatron_indexed_dataset
 
         self._builder_cls = megatron_indexed_dataset().IndexedDatasetBuilder
         self.out_dir = out_dir
         self.dtype = dtype
+        self.vocab_size = vocab_size
         self.builders: dict[tuple[str, str], object] = {}
         self.prefixes: dict[tuple[str, str], str] = {}
         self.stats: dict[str, dict[str, dict]] = {}
@@ -382,11 +455,17 @@ class _DomainWriters:
             prefix = os.path.join(self.out_dir, split, f"_domain{len(self.builders)}")
             builder = self._builder_cls(prefix + ".bin", dtype=self.dtype)
             self.builders[key], self.prefixes[key] = builder, prefix
-            self.stats.setdefault(split, {})[domain] = {"documents": 0, "tokens": 0}
+            self.stats.setdefault(split, {})[domain] = {"documents": 0, "tokens": 0, "max_token_id": -1}
+        # The ids checked here are the bytes written: the manifest's record lets start-up skip reading them.
+        largest = int(ids.max()) if ids.size else -1
+        if largest >= self.vocab_size or (ids.size and int(ids.min()) < 0):
+            raise PreprocessError(f"the tokenizer produced an id outside [0, {self.vocab_size}) for domain "
+                                  f"{domain!r}; its vocab_size is wrong; fix or replace the tokenizer file")
         builder.add_document(ids, [int(ids.shape[0])])
         entry = self.stats[split][domain]
         entry["documents"] += 1
         entry["tokens"] += int(ids.shape[0])
+        entry["max_token_id"] = max(entry["max_token_id"], largest)
 
     def finalize(self) -> dict[str, str]:
         """Write the indices and move every pair to its sanitised name; returns name -> file."""
@@ -412,7 +491,8 @@ def preprocess(config: PreprocessConfig) -> dict:
     text_bytes = 0
     docs_per_source = [0] * len(sources)
     try:
-        writers = _DomainWriters(tmp_dir, dtype)
+        writers = _DomainWriters(tmp_dir, dtype, info["vocab_size"])
+        rejects = None
         chunks = _read_chunks(sources, config.chunk_lines)
         pool = None
         if config.workers > 1:
@@ -441,6 +521,9 @@ def preprocess(config: PreprocessConfig) -> dict:
                         raise PreprocessError(f"{source.path}:{line_no}: {reason}; fix the input or pass "
                                               "--skip-bad to skip such records")
                     bad_count += len(result.bad)
+                    if rejects is None:
+                        rejects = open(os.path.join(tmp_dir, REJECTS_FILE), "w")
+                    rejects.writelines(f"{source.path}:{line_no}\t{reason}\n" for line_no, reason in result.bad)
                 text_bytes += result.text_bytes
                 docs_per_source[result.source_id] += len(result.domains)
                 ends = np.cumsum(result.lengths)
@@ -450,6 +533,8 @@ def preprocess(config: PreprocessConfig) -> dict:
                 bar.update(result.disk_bytes)
         finally:
             bar.close()
+            if rejects is not None:
+                rejects.close()
             if pool is not None:
                 pool.terminate()
                 pool.join()
@@ -467,11 +552,78 @@ def preprocess(config: PreprocessConfig) -> dict:
     documents = sum(e["documents"] for split in writers.stats.values() for e in split.values())
     manifest["summary"] = {
         "documents": documents, "tokens": tokens, "bad_records_skipped": bad_count,
+        "rejects_file": os.path.join(os.path.abspath(config.output_dir), REJECTS_FILE) if bad_count else None,
         "input_megabytes": text_bytes / 1e6, "seconds": seconds,
         "megabytes_per_second": text_bytes / 1e6 / max(seconds, 1e-9),
         "tokens_per_second": tokens / max(seconds, 1e-9),
     }
     return manifest
+
+
+# --- rechecking a written directory -------------------------------------------------------------------
+
+def verify_token_dir(data_dir: str, record: bool = True, progress: bool = False) -> dict:
+    """Read every token file of ``data_dir`` and check it against its manifest.
+
+    Checks each ``.idx`` (sequences back to back, token count as in the manifest) and every token id
+    in ``[0, tokenizer vocab_size)``; where the manifest records a file's largest id, the file must
+    still have it. Raises ``PreprocessError`` naming the first bad file. With ``record``, a manifest
+    that lacks the verification record (made before it existed) gets it, so that start-up stops
+    reading the files. Returns ``{"files", "tokens", "max_token_id", "recorded"}``.
+    """
+    try:
+        manifest = read_manifest(data_dir)
+    except DataFileError as exc:
+        raise PreprocessError(f"--verify {data_dir}: {exc}") from exc
+    manifest_path = os.path.join(data_dir, MANIFEST_FILE)
+    vocab_size = manifest["tokenizer"].get("vocab_size")
+    if not isinstance(vocab_size, int) or vocab_size < 1:
+        raise PreprocessError(f"{manifest_path}: tokenizer.vocab_size is {vocab_size!r}, not a positive integer; "
+                              "re-run tools/preprocess_data.py")
+    file_of = {d["name"]: d["file"] for d in manifest["domains"]}
+    jobs = [(split, name, os.path.join(data_dir, split, file_of.get(name, name)))
+            for split in sorted(manifest["splits"]) for name in sorted(manifest["splits"][split])]
+    from tqdm import tqdm
+
+    total_bytes = sum(os.path.getsize(prefix + ".bin") for _, _, prefix in jobs if os.path.exists(prefix + ".bin"))
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="verify", disable=not progress, file=sys.stderr)
+    needs_record = any(recorded_max_token_id(manifest, split, name) is None for split, name, _ in jobs)
+    tokens, largest = 0, -1
+    try:
+        for split, name, prefix in jobs:
+            entry = manifest["splits"][split][name]
+            try:
+                index = open_indexed_dataset(prefix).index
+                num_tokens = check_layout(prefix, index)
+                if num_tokens != entry.get("tokens"):
+                    raise DataFileError(f"{prefix}.bin holds {num_tokens} tokens but {manifest_path} records "
+                                        f"{entry.get('tokens')}; the files changed after preprocessing")
+                max_id = scan_token_ids(prefix + ".bin", index.dtype, vocab_size)
+            except DataFileError as exc:
+                raise PreprocessError(f"{exc}; re-run tools/preprocess_data.py for this directory") from exc
+            recorded = entry.get("max_token_id")
+            if recorded is not None and recorded != max_id:
+                raise PreprocessError(f"{prefix}.bin: its largest token id is {max_id} but {manifest_path} "
+                                      f"records {recorded}; the file changed after preprocessing; re-run "
+                                      "tools/preprocess_data.py for this directory")
+            entry["max_token_id"] = max_id
+            tokens += num_tokens
+            largest = max(largest, max_id)
+            bar.update(os.path.getsize(prefix + ".bin"))
+    finally:
+        bar.close()
+    recorded_now = False
+    if record and needs_record:
+        manifest["token_ids_verified"] = _verification_record(manifest["tokenizer"],
+                                                              "tools/preprocess_data.py --verify")
+        try:
+            _write_manifest_file(data_dir, manifest)
+            recorded_now = True
+        except OSError as exc:
+            print(f"note: could not record the verification in {manifest_path} ({exc}); start-up will keep "
+                  "reading the token files", file=sys.stderr)
+    return {"files": len(jobs), "tokens": tokens, "max_token_id": largest, "vocab_size": vocab_size,
+            "recorded": recorded_now}
 
 
 # --- synthetic data for tests and benchmarks -------------------------------------------------------------
@@ -526,7 +678,8 @@ def write_synthetic_domains(
                     pos += n
                 builder.finalize(os.path.join(tmp_dir, split_name, name + ".idx"))
                 stats[split_name][name] = {"documents": int(docs_per_domain),
-                                           "tokens": int(lengths.sum() + docs_per_domain)}
+                                           "tokens": int(lengths.sum() + docs_per_domain),
+                                           "max_token_id": int(max(tokens.max(), eod_id))}
         tokenizer = {"name": "synthetic", "path": None, "vocab_size": int(vocab_size), "eod_id": eod_id,
                      "sha256": None}
         manifest = write_manifest(tmp_dir, tokenizer, dtype, stats, {n: n for n in names},
@@ -547,10 +700,15 @@ def build_arg_parser():
         prog="preprocess_data.py",
         description="Tokenize jsonl(.zst) documents into per-domain megatron-core .bin/.idx files.",
     )
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                   help="corpus directories (<domain>/{train,val}.jsonl[.zst]) and/or .jsonl[.zst] files")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--tokenizer", required=True, help="HF tokenizers file (tokenizer.json)")
+    p.add_argument("--input", nargs="+", metavar="PATH",
+                   help="corpus directories (<domain>/{train,val}.jsonl[.zst]; records without the domain "
+                        "field take the directory's) and/or .jsonl[.zst] files")
+    p.add_argument("--output-dir")
+    p.add_argument("--tokenizer", help="HF tokenizers file (tokenizer.json)")
+    p.add_argument("--verify", metavar="DIR",
+                   help="instead of preprocessing: read every token file of DIR and check it against its "
+                        "manifest (ids below the vocabulary, index layout, token counts); records the "
+                        "check in a manifest that lacks it")
     p.add_argument("--domain-key", default="domain", help="dotted key of the domain, e.g. meta.pile_set_name")
     p.add_argument("--text-key", default="text")
     p.add_argument("--split", default="train", help="split of the .jsonl inputs (default train)")
@@ -558,14 +716,22 @@ def build_arg_parser():
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--chunk-lines", type=int, default=1024, help="lines per work unit")
     p.add_argument("--eod-token", default=EOD_TOKEN)
-    p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed records")
+    p.add_argument("--skip-bad", action="store_true",
+                   help=f"skip malformed records; they are listed (file:line, reason) in OUT/{REJECTS_FILE}")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    if args.verify is not None:
+        return _main_verify(args.verify, progress=not args.quiet)
+    missing = [flag for flag, value in (("--input", args.input), ("--output-dir", args.output_dir),
+                                        ("--tokenizer", args.tokenizer)) if not value]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (or pass --verify DIR)")
     try:
         config = PreprocessConfig(
             inputs=tuple(args.input), output_dir=args.output_dir, tokenizer_path=args.tokenizer,
@@ -583,8 +749,20 @@ def main(argv: list[str] | None = None) -> int:
         for name, entry in domains.items():
             print(f"{split:>5} {name:<30} {entry['documents']:>10} docs {entry['tokens']:>14} tokens")
     if s["bad_records_skipped"]:
-        print(f"skipped {s['bad_records_skipped']} bad record(s) (--skip-bad)")
+        print(f"skipped {s['bad_records_skipped']} bad record(s) (--skip-bad), listed in {s['rejects_file']}")
     print(f"wrote {s['documents']} documents, {s['tokens']} tokens to {os.path.abspath(config.output_dir)} "
           f"in {s['seconds']:.1f} s: {s['megabytes_per_second']:.2f} MB/s, "
           f"{s['tokens_per_second']:.0f} tokens/s")
+    return 0
+
+
+def _main_verify(data_dir: str, progress: bool) -> int:
+    try:
+        result = verify_token_dir(data_dir, record=True, progress=progress)
+    except PreprocessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    note = "; recorded in its manifest" if result["recorded"] else ""
+    print(f"verified {os.path.abspath(data_dir)}: {result['files']} files, {result['tokens']} tokens, every id in "
+          f"[0, {result['vocab_size']}) (largest {result['max_token_id']}){note}")
     return 0
