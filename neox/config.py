@@ -55,7 +55,7 @@ class DataConfig:
 
 @dataclass
 class AlignmentSection:
-    """How the gradient-alignment statistics are gathered (acodm.alignment; DESIGN.md section 6)."""
+    """How the gradient-alignment statistics are gathered (acodm.alignment; docs/design.md, "Statistics")."""
     mode: str = "sketch"  # "exact" (tests, small models) or "sketch" (default at scale)
     probe_pattern: str | None = None  # None: the MLP output projection of the last, 3rd-last, 5th-last layers
     sketch_out: int = 64
@@ -199,11 +199,14 @@ class EvalConfig:
     lm_eval_tasks: list[str] = field(default_factory=list)  # run at each checkpoint through lm-eval
     lm_eval_limit: int | None = None
     lm_eval_include_path: str | None = None
+    # lm-eval runs on rank 0; the other ranks wait for it at a gloo barrier this long (not at the next NCCL
+    # collective, whose timeout is 10 minutes; MMLU takes longer).
+    lm_eval_timeout_s: int = 6 * 3600
 
     def __post_init__(self) -> None:
         if self.interval_steps < 0:
             raise ConfigError(f"eval.interval_steps must be >= 0, got {self.interval_steps}")
-        _positive(self, "eval", ("val_samples_per_domain",))
+        _positive(self, "eval", ("val_samples_per_domain", "lm_eval_timeout_s"))
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 `run_lm_eval` is one `lm_eval.simple_evaluate` call with lm-eval's `hf` model; a RUN_DIR or
 CHECKPOINT_DIR is first exported to a temporary transformers directory (neox/export.py). Suites name
-the paper's evaluations (shared/reference/methods.md): MMLU 0- and 5-shot, HumanEval pass@1, and the
+the paper's evaluations (docs/methods.md, AC-ODM "LM setup"): MMLU 0- and 5-shot, HumanEval pass@1, and the
 zero-shot set. Results come back as task -> metric -> value, with the n-shot and limit used.
 
 lm-eval downloads task datasets from the Hugging Face Hub. On a machine without network they must
@@ -26,15 +26,18 @@ Public API:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-# The paper's zero-shot set (shared/reference/methods.md, "LM setup").
+# The paper's zero-shot set (docs/methods.md, AC-ODM "LM setup").
 PAPER_TASKS = ["lambada_openai", "piqa", "winogrande", "arc_easy", "sciq", "wikitext", "openbookqa"]
 
 
@@ -378,3 +381,55 @@ def results_markdown(report: dict[str, Any]) -> str:
                 stderr = metrics.get(metric.replace(",", "_stderr,", 1) if "," in metric else f"{metric}_stderr")
                 lines.append(f"| {task} | {shots} | {metric} | {_fmt(value)} | {_fmt(stderr)} |")
     return "\n".join(lines) + "\n"
+
+
+# The rendezvous variables of a training launch: lm-eval's Accelerator would otherwise join the training job's
+# process group and expect every rank to evaluate with it.
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
+             "ROLE_RANK", "ROLE_WORLD_SIZE", "CROSS_RANK", "CROSS_SIZE", "TORCHELASTIC_RUN_ID")
+
+
+def run_lm_eval_isolated(model_dir: str | os.PathLike[str], tasks: Sequence[str], *, timeout_s: float,
+                         device: str = "cpu", **kwargs: Any) -> dict[str, Any]:
+    """``run_lm_eval`` in a child process outside the caller's ``torch.distributed`` job (a training rank).
+
+    The child sees no rendezvous variables and, for ``device`` "cuda:N", only GPU N. Raises EvalError when the
+    child fails or runs past ``timeout_s`` (the caller keeps training either way)."""
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    child_device = device
+    if device.startswith("cuda"):
+        index = device.partition(":")[2] or "0"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[int(index)] if visible else index
+        child_device = "cuda"
+    spec = {"model_dir": str(model_dir), "tasks": list(tasks), "device": child_device, **kwargs}
+    with tempfile.TemporaryDirectory(prefix="lm_eval_") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "neox.evaluation.lm_eval_runner", json.dumps(spec), str(out)]
+        root = str(Path(__file__).resolve().parents[2])  # the child imports this checkout's neox
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise EvalError(f"lm-eval on {model_dir} ran past eval.lm_eval_timeout_s={timeout_s:g}; raise it or "
+                            f"set eval.lm_eval_limit") from None
+        if proc.returncode != 0 or not out.is_file():
+            lines = (proc.stderr.strip() or f"exit code {proc.returncode}").splitlines()
+            raise EvalError(f"lm-eval on {model_dir} failed: {lines[-1]}")
+        return json.loads(out.read_text())
+
+
+def _child_main(argv: list[str]) -> int:
+    spec, out = json.loads(argv[0]), Path(argv[1])
+    model_dir, tasks = spec.pop("model_dir"), spec.pop("tasks")
+    try:
+        result = run_lm_eval(model_dir, tasks, **spec)
+    except EvalError as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

@@ -7,6 +7,8 @@ statistics and the metrics record being assembled for that step) and at the end.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -140,10 +142,36 @@ class MetricsCallback(Callback):
             self._bar.close()
 
 
+def run_on_main_then_wait(fn: Callable[[], Any], is_main: bool, wait_group: Any) -> Any:
+    """``fn()`` on the main rank while every other rank waits at a barrier of ``wait_group`` (a gloo group
+    with a timeout long enough for ``fn``), so that no rank sits in a training collective, whose timeout is
+    short (NCCL's 10 minutes), while the main rank works alone. The main rank joins the barrier even when
+    ``fn`` raises, so the others are released and the error surfaces on the rank that has it."""
+    try:
+        return fn() if is_main else None
+    finally:
+        if wait_group is not None:
+            dist.barrier(group=wait_group)
+
+
+def long_wait_group(timeout_s: float) -> Any:
+    """A gloo group over every rank whose collectives time out after ``timeout_s`` (a collective call on every
+    rank); None in a world of one."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    return dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+
+
 class CheckpointCallback(Callback):
     def __init__(self) -> None:
         self._last_saved = -1
         self._last_path = None
+        self._lm_eval_wait_group = None
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        if trainer.cfg.eval.lm_eval_tasks:
+            # A margin over the evaluation's own timeout, after which rank 0 stops it and comes to the barrier.
+            self._lm_eval_wait_group = long_wait_group(trainer.cfg.eval.lm_eval_timeout_s + 600)
 
     def _save(self, trainer: "Trainer"):
         """The checkpoint of the current step (written now unless it already was)."""
@@ -153,19 +181,22 @@ class CheckpointCallback(Callback):
         path = save_checkpoint(trainer)
         self._last_saved, self._last_path = trainer.step, path
         trainer.console(f"saved checkpoint {path} in {time.perf_counter() - started:.1f}s")
-        if trainer.cfg.eval.lm_eval_tasks and trainer.topology.is_main:
-            self._lm_eval(trainer, path)
+        if trainer.cfg.eval.lm_eval_tasks:
+            run_on_main_then_wait(lambda: self._lm_eval(trainer, path), trainer.topology.is_main,
+                                  self._lm_eval_wait_group)
         return path
 
     @staticmethod
     def _lm_eval(trainer: "Trainer", path) -> None:
-        """lm-eval on the checkpoint just written (rank 0; the other ranks wait at the next collective)."""
-        from neox.evaluation.lm_eval_runner import EvalError, lm_eval_record, run_lm_eval
+        """lm-eval on the checkpoint just written (rank 0; the other ranks wait in ``run_on_main_then_wait``)."""
+        from neox.evaluation.lm_eval_runner import EvalError, lm_eval_record, run_lm_eval_isolated
 
         ev = trainer.cfg.eval
         try:
-            result = run_lm_eval(path, ev.lm_eval_tasks, limit=ev.lm_eval_limit, include_path=ev.lm_eval_include_path,
-                                 device=trainer.device.type)
+            # A child process: lm-eval in this one would join the training job's process group.
+            result = run_lm_eval_isolated(path, ev.lm_eval_tasks, limit=ev.lm_eval_limit,
+                                          include_path=ev.lm_eval_include_path, device=str(trainer.device),
+                                          timeout_s=ev.lm_eval_timeout_s)
         except EvalError as e:  # a missing dataset must not end a training run
             trainer.console(f"lm-eval at step {trainer.step} skipped: {e}")
             return
