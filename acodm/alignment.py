@@ -1,4 +1,4 @@
-"""Per-domain gradient alignment gathered in the ordinary backward pass (DESIGN.md section 6).
+"""Per-domain gradient alignment gathered in the ordinary backward pass (docs/design.md, "Statistics").
 
 For a linear probe layer y = x Wᵀ, domain k's weight gradient over one optimizer step is
 G_k = Σ_{t∈k} δ_tᵀ x_t, where x_t is the layer input of token t and δ_t the gradient of the SUM of
@@ -16,7 +16,7 @@ the per-domain statistic is accumulated right there, so no extra forward/backwar
 ``gram(packed, token_count_K)`` divides by the per-domain token counts (g_k = S_k / n_k is the gradient of
 domain k's MEAN loss) and returns ⟨g_i, g_j⟩ summed over probes; ``alignment_scores`` turns it into
 DoGE's / AC-ODM's W_i = ⟨g_i, Σ_j g_j⟩ (optionally without the self term, optionally / mean ‖g_k‖).
-Only the weight gradient is sketched; the bias gradient is left out (methods.md: "gradients of the MLP
+Only the weight gradient is sketched; the bias gradient is left out (docs/methods.md, AC-ODM: "gradients of the MLP
 output projection" matrices).
 
 Choosing m_out, m_in. The estimator's relative error falls like sqrt(1/m_out + 1/m_in) (for the part of
@@ -105,7 +105,7 @@ class AlignmentConfig:
     escaped dots (``layers\\.-1\\.``) counts from the end: it becomes L + i, with L the number of layers
     (``num_layers``, or 1 + the largest N in module names containing ``layers.N.``); an index deeper than
     the model selects nothing (of -1/-3/-5 a 2-layer model gets layer 1 only). Default: the MLP
-    output projection of the last, third-last and fifth-last layers (methods.md, AC-ODM's reward).
+    output projection of the last, third-last and fifth-last layers (docs/methods.md, AC-ODM's reward).
     """
 
     mode: str = "sketch"  # "exact" (K x out x in per probe) | "sketch" (K x m_out x m_in per probe)
@@ -477,7 +477,7 @@ def packed_cross_gram(packed: torch.Tensor, token_count_K: Any, other: torch.Ten
 
 
 def default_state_probes(model: nn.Module, count: int = 9) -> list[str]:
-    """``count`` MLP output projections spread evenly over depth (AC-ODM's state, methods.md).
+    """``count`` MLP output projections spread evenly over depth (AC-ODM's state, docs/methods.md).
 
     With fewer layers than ``count`` some layers repeat, so the state keeps its fixed size (the policy
     transfers between model sizes only if the feature vector has the same length).

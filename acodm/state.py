@@ -1,4 +1,4 @@
-"""AC-ODM state features from per-domain statistics (methods.md, "State s_t").
+"""AC-ODM state features from per-domain statistics (docs/methods.md, "AC-ODM").
 
 Blocks, in this order (z(v) = clamp((v − mean v)/(std v + 1e-8), −3, 3) over the entries of a block,
 std with N − 1 in the denominator as torch.std):
@@ -22,7 +22,7 @@ What the released code does (DANG-ai/AC-ODM at e95863e, ``megatron/data/agent.py
   ``last_weights_list`` are set only in the ``else`` branch taken on the first call (L360-L367). The
   norm-change block is ‖W_p,t − W_p,first‖_F, the Frobenius norm of the matrix's change since the first
   step (L362), not a change of its norm.
-This module measures both changes against the previous step (methods.md defect 3). For the probe block
+This module measures both changes against the previous step (docs/methods.md, defect 3). For the probe block
 the spec's ``probe_change`` chooses the feature:
 - ``"norm_diff"`` (default, this project's): ‖W_p,t‖_F − ‖W_p,t−1‖_F, computed here from the norms.
 - ``"weight_change"``: the caller passes ``probe_change_norms`` = ‖W_p,t − W_p,ref‖_F to ``build``

@@ -1,4 +1,4 @@
-"""ODM (EXP3 and smoothed mean) against the formulas of methods.md, computed independently here."""
+"""ODM (EXP3 and smoothed mean) against the formulas of docs/methods.md, computed independently here."""
 
 import math
 

@@ -289,7 +289,7 @@ def test_zscore_matches_torch_std():
 def test_state_matches_reference_blocks():
     """DANG-ai/AC-ODM megatron/data/agent.py L352-L376: z(loss), z(loss − loss_first), z(counts),
     z(‖W_p‖_F), z(‖W_p − W_p,first‖_F) (first step only sets the anchors, L363-L367), progress t/T·100.
-    Our loss change is against the previous step (methods.md defect 3), so it agrees on the first two
+    Our loss change is against the previous step (docs/methods.md, defect 3), so it agrees on the first two
     states and differs afterwards; with probe_change="weight_change" and W_ref = W_first passed in, the
     probe block agrees on every state."""
     rng = np.random.default_rng(6)

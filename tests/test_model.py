@@ -31,7 +31,7 @@ from neox.model import (
 REPO = Path(__file__).resolve().parent.parent
 
 # The model sections of the Pythia sizes (the same values as configs/model/pythia_*.yml) and their
-# published total parameter counts (Biderman et al. 2023; shared/reference/methods.md).
+# published total parameter counts (Biderman et al. 2023; docs/methods.md, "Pythia").
 PYTHIA = {
     "14m": (dict(num_layers=6, hidden_size=128, num_heads=4), 14_067_712),
     "70m": (dict(num_layers=6, hidden_size=512, num_heads=8), 70_426_624),
@@ -252,7 +252,7 @@ def test_flash_without_package_raises_clear_error():
         pytest.skip("flash-attn is installed")
     except ImportError:
         pass
-    model = build_model(tiny(attention_impl="flash"))
+    model = build_model(tiny(attention="flash")).to(torch.bfloat16)
     with pytest.raises(ConfigError, match="flash-attn"):
         model(torch.zeros(1, 4, dtype=torch.long))
 

@@ -7,7 +7,7 @@
 
 Writes DIR/<domain>/{train,val}.jsonl and DIR/stats.json. Sources that cannot be had are skipped with a
 reason (stderr and stats.json); the build fails if fewer than 4 domains (or all --only domains, if fewer)
-remain. See neox/data/minipile.py and shared/reference/minipile.md.
+remain. See neox/data/minipile.py and docs/demo_corpus.md.
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
 

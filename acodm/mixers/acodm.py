@@ -31,7 +31,7 @@ Rewards (``reward``):
   optimum between single clean domains.
 - "paper": per-domain s_i = Σ_{j≠i} G_ij / mean_k ‖g_k‖, r = z(s) over present domains (0 for absent),
   K critic outputs, the actor maximises their mean (a learned critic, nominal actions: the paper's
-  reproduction mode). Its mean over domains is 0 by construction (methods.md defect 2).
+  reproduction mode). Its mean over domains is 0 by construction (docs/methods.md, defect 2).
 
 ``acodm_frozen`` drives a run with an exported actor: no critic, no reward, no alignment statistics.
 """
@@ -90,7 +90,7 @@ class ACODMConfig:
     # β of the entropy bonus r += β·H(a)/ln K. The linear surrogate is linear in a, so its maximiser on the
     # simplex is a vertex: without a bonus the policy learns to put all weight on one domain (seen on the
     # demo corpus, README "Results"). With it the per-step optimum is a ∝ exp(Ŵ·ln K/β), the closed form of
-    # DoGE's entropic mirror step. 0 = the paper's reward unchanged.
+    # DoGE's entropic mirror step. 0 = no bonus (the reward unchanged).
     entropy_coef: float = 0.0
     progress_scale: float = 100.0  # progress feature = step/total × this (paper: 100, a percentage)
     num_probe_layers: int = 9  # P: state probe matrices the trainer reports (paper: 9); dim = 3K + 2P + 1

@@ -1,6 +1,6 @@
 """ODM (Albalak et al., arXiv 2312.02406): online data mixing as a multi-armed bandit.
 
-Two variants (formulas in methods.md of the project notes):
+Two variants (formulas in docs/methods.md, "ODM"):
 
 - ``exp3`` (the paper): ε_t = min(1/K, sqrt(ln K / (K t))),
   π = (1 − K ε) · softmax(ε_prev R̂) + ε, and for every domain sampled in the step

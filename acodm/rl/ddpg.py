@@ -2,9 +2,9 @@
 
     target under no_grad → critic loss → critic step → actor loss (critic frozen) → actor step → Polyak
 
-Two defects of the released AC-ODM code are fixed here (methods.md, "do not reproduce"):
-the actor's optimizer IS stepped, and the actor loss never leaves gradients on the critic (the critic's
-parameters have ``requires_grad`` switched off while the actor loss is built and back-propagated).
+Both halves of defect 1 of the released AC-ODM code (docs/methods.md, "Defects of the released code") are
+fixed here: the actor's optimizer IS stepped, and the actor loss never leaves gradients on the critic (the
+critic's parameters have ``requires_grad`` switched off while the actor loss is built and back-propagated).
 
 The task is continuing (a pretraining run has no terminal state inside it), so targets have no
 (1 − done) factor: y = r + γ Q'(s', μ'(s')).

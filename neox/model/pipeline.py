@@ -1,4 +1,4 @@
-"""Pipeline-parallel GPT-NeoX: our layer classes as DeepSpeed LayerSpecs (DESIGN.md section 7).
+"""Pipeline-parallel GPT-NeoX: our layer classes as DeepSpeed LayerSpecs (docs/design.md, "Parallel layouts").
 
 The spec list is [embedding, transformer layer 0 .. L-1, final], so global transformer layer i is spec
 index i + 1, and on a stage the `PipelineModule` names it "{i+1}" ("3.mlp.dense_4h_to_h" is HF's
@@ -425,7 +425,7 @@ def stage_alignment(module: nn.Module, cfg: ModelConfig, num_domains: int, align
 
 
 class PipelineAlignment:
-    """This stage's share of the WHOLE model's alignment statistics (DESIGN.md section 6).
+    """This stage's share of the WHOLE model's alignment statistics (docs/design.md, "Statistics").
 
     ``packed()`` places the stage's probe statistics in a zero buffer laid out like the unsharded model's
     ``GradientAlignment.packed()`` (probe order of ``global_probe_names``); summed over the job by one

@@ -365,7 +365,7 @@ class ParallelAttention(Attention):
         hidden = attention.query_key_value.in_features
         self.num_heads = _divide(attention.num_heads, size, "model.num_heads")
         self.head_dim = attention.head_dim
-        self.attention_impl = attention.attention_impl
+        self.attention = attention.attention
         self.dropout = attention.dropout
         self.max_seq_len_tokens = attention.max_seq_len_tokens
         self.query_key_value = ColumnParallelLinear(hidden, 3 * hidden, tp_group, device=device)

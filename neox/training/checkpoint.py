@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN.md section 8).
+"""Checkpoints (docs/design.md, "Checkpoints and signals").
 
 A checkpoint is a directory ``RUN_DIR/checkpoints/step_XXXXXXXX/`` holding
 

@@ -2,8 +2,10 @@
 
 The packed tensor holds, in order: per-domain loss sums, token counts, sample counts, the non-finite
 flag, (DoReMi) reference-loss and excess-loss sums, (DoGE / AC-ODM) the probe layers' alignment
-statistics. Everything in it is a sum, so data-parallel replicas (and, later, tensor shards and pipeline
-stages) contribute partial sums and one SUM all-reduce combines them (DESIGN.md section 6).
+statistics. Everything in it is a sum, so data-parallel replicas, tensor-parallel shards (each probe shard
+fills its slice; only tensor rank 0 adds the losses) and pipeline stages (the last stage adds the losses,
+each stage its probes' statistics in the whole model's layout) contribute partial sums, and one SUM
+all-reduce over the whole job combines them (docs/design.md, "Statistics").
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from neox.config import ConfigError, ExperimentConfig, save_config
 from neox.data import MicroBatchLoader, MixturePlan, ValidationSet, gather_samples, open_domains, read_manifest
-from neox.model.gpt_neox import GPTNeoX, init_weights, per_token_loss
+from neox.model.gpt_neox import GPTNeoX, check_attention_backend, compile_layers, init_weights, per_token_loss
 from neox.parallel.topology import Topology
 from neox.training import checkpoint as ckpt_io
 from neox.training.callbacks import (Callback, CheckpointCallback, EvalCallback, MetricsCallback,
@@ -42,6 +42,13 @@ class Trainer:
         dp_size = cfg.check_world_size(env.world_size)
         self.topology = Topology.build(cfg.parallel.pipe, cfg.parallel.tensor, env.world_size, env.rank)
         assert self.topology.dp_size == dp_size
+        check_attention_backend(cfg.model, self.device)
+        if cfg.model.compile and self.topology.is_model_parallel:
+            raise ConfigError("model.compile needs parallel.pipe=1 and parallel.tensor=1 (pipeline stages and "
+                              "tensor-parallel layers are not compiled); set model.compile: false")
+        if cfg.model.activation_checkpointing and cfg.parallel.pipe > 1:
+            raise ConfigError("model.activation_checkpointing is for parallel.pipe=1; a pipeline checkpoints with "
+                              "parallel.activation_checkpoint_interval")
         self.run_dir = Path(cfg.logging.run_dir)
         self.total_steps = cfg.schedule.train_steps
         self.step = 0
@@ -98,6 +105,8 @@ class Trainer:
                                            self.device)
         if self.topology.pipe > 1:
             self._install_pipeline_hooks()
+        if cfg.model.compile:  # after the probes' hooks exist: the modules carrying them stay eager
+            compile_layers(self.engine.module)
         self._state_probes = None  # names of the probe matrices whose norms feed the AC-ODM state
         self.step_probe_norms: np.ndarray | None = None  # read before this step's optimizer update
 
