@@ -1,4 +1,4 @@
-"""SIGINT / SIGTERM during training: finish the step, save, stop with one line (docs/design.md, "Checkpoints and signals").
+"""SIGINT / SIGTERM: finish the step, save, stop with one line (docs/design.md, "Checkpoints and signals").
 
 The first SIGINT or SIGTERM only raises a flag; the loop finishes its step, the ranks agree (one MAX
 all-reduce of the flag, since a signal can reach the ranks of a job at different steps), every rank saves the
