@@ -28,6 +28,12 @@ SHAPES = {
         "model.max_seq_len_tokens=2048", "data.seq_len_tokens=128", "data.global_batch_sequences=16",
         "data.micro_batch_sequences=8", "data.tokenizer=null", "mixing.acodm.hidden_size=1024",
         "mixing.acodm.num_hidden_layers=5"]),
+    # The paper's 410M target at its sequence length, one micro-batch (GPU; benchmarks/gpu_check.sh).
+    "pythia_410m@seq1024": ("configs/demo_cpu.yml", [
+        "model.num_layers=24", "model.hidden_size=1024", "model.num_heads=16", "model.vocab_size=50277",
+        "model.max_seq_len_tokens=2048", "data.seq_len_tokens=1024", "data.global_batch_sequences=8",
+        "data.micro_batch_sequences=8", "data.tokenizer=null", "mixing.acodm.hidden_size=1024",
+        "mixing.acodm.num_hidden_layers=5"]),
 }
 VARIANTS = {
     "static": ["mixing.method=static"],
@@ -101,7 +107,8 @@ def breakdown(trainer, repeats: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--shapes", default="demo_cpu,pythia_70m@seq128",
+                        help=f"comma-separated, of {', '.join(SHAPES)}")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     import torch
