@@ -338,41 +338,43 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     """Per-token cross-entropy over (N, V) logits of any float dtype, fp32 inside, chunk by chunk.
 
     F.cross_entropy(logits.float()) keeps an fp32 (N, V) copy (its log-softmax) for the backward; this keeps
-    the logits as they are plus one fp32 log-sum-exp per token, and rebuilds softmax - onehot per chunk in
-    the backward, so the fp32 temporaries are (chunk, V). The backward's gradient is in the logits' dtype.
+    only the logits as they are and rebuilds softmax - onehot per chunk in the backward, so the fp32
+    temporaries are (chunk, V). The backward's gradient is in the logits' dtype.
     """
 
     @staticmethod
     def forward(ctx, logits_NV: torch.Tensor, labels_N: torch.Tensor, chunk_rows: int) -> torch.Tensor:
-        N = logits_NV.shape[0]
+        N, V = logits_NV.shape
         valid_N = labels_N != IGNORE_INDEX
-        safe_N = torch.where(valid_N, labels_N, 0)[:, None]  # (N, 1)
-        lse_N = torch.empty(N, dtype=torch.float32, device=logits_NV.device)
+        safe_N1 = torch.where(valid_N, labels_N, 0)[:, None]  # (N, 1)
+        logp_N1 = torch.empty(N, 1, dtype=torch.float32, device=logits_NV.device)
+        buf = torch.empty(min(chunk_rows, N), V, dtype=torch.float32, device=logits_NV.device)  # reused
         for s in range(0, N, chunk_rows):
-            torch.logsumexp(logits_NV[s:s + chunk_rows].float(), dim=1, out=lse_N[s:s + chunk_rows])
-        target_N = logits_NV.gather(1, safe_N).squeeze(1).float()
-        ctx.save_for_backward(logits_NV, lse_N, safe_N, valid_N)
+            e = min(s + chunk_rows, N)
+            # One fused (vectorised, in-cache) kernel per chunk; fp32 whatever the logits' dtype.
+            torch.log_softmax(logits_NV[s:e], dim=1, dtype=torch.float32, out=buf[:e - s])
+            torch.gather(buf[:e - s], 1, safe_N1[s:e], out=logp_N1[s:e])
+        ctx.save_for_backward(logits_NV, safe_N1, valid_N)
         ctx.chunk_rows = chunk_rows
-        return torch.where(valid_N, lse_N - target_N, 0.0)
+        return torch.where(valid_N, -logp_N1.squeeze(1), 0.0)
 
     @staticmethod
     def backward(ctx, grad_N: torch.Tensor):
-        logits_NV, lse_N, safe_N, valid_N = ctx.saved_tensors
+        logits_NV, safe_N1, valid_N = ctx.saved_tensors
+        N, V = logits_NV.shape
         g_N1 = torch.where(valid_N, grad_N.float(), 0.0)[:, None]
         grad_NV = torch.empty_like(logits_NV)
-        in_place = grad_NV.dtype == torch.float32  # fp32 logits: build the chunk right in the output
-        minus_one = None
-        for s in range(0, logits_NV.shape[0], ctx.chunk_rows):
-            e = min(s + ctx.chunk_rows, logits_NV.shape[0])
-            buf = grad_NV[s:e] if in_place else torch.empty(e - s, logits_NV.shape[1], device=grad_NV.device)
-            torch.sub(logits_NV[s:e], lse_N[s:e, None], out=buf)
-            buf.exp_()  # softmax
-            if minus_one is None or minus_one.shape[0] != e - s:
-                minus_one = torch.full((e - s, 1), -1.0, device=buf.device)
-            buf.scatter_add_(1, safe_N[s:e], minus_one)  # softmax - onehot(label)
-            buf.mul_(g_N1[s:e])
+        in_place = grad_NV.dtype == torch.float32  # fp32 logits: build each chunk right in the output
+        buf = None if in_place else torch.empty(min(ctx.chunk_rows, N), V, dtype=torch.float32,
+                                                device=logits_NV.device)
+        for s in range(0, N, ctx.chunk_rows):
+            e = min(s + ctx.chunk_rows, N)
+            chunk = grad_NV[s:e] if in_place else buf[:e - s]
+            torch.softmax(logits_NV[s:e], dim=1, dtype=torch.float32, out=chunk)
+            chunk.mul_(g_N1[s:e])
+            chunk.scatter_add_(1, safe_N1[s:e], -g_N1[s:e])  # g * (softmax - onehot(label))
             if not in_place:
-                grad_NV[s:e].copy_(buf)
+                grad_NV[s:e].copy_(chunk)
         return grad_NV, None, None
 
 

@@ -324,13 +324,13 @@ class Trainer:
             reduced = None
             if self.target_corpus is not None:
                 self._probe_targets()
-            for i, (tokens_BS1, domain_B) in enumerate(micro_batches):
-                tokens_BS1, domain_B = tokens_BS1.to(self.device), domain_B.to(self.device)
+            for i, ((tokens_BS1, domain_B), domain_host_B) in enumerate(self._to_device(micro_batches)):
                 inputs_BS, labels_BS = tokens_BS1[:, :-1], tokens_BS1[:, 1:]
                 # delta at a probe layer's output is d(mean micro-batch loss / grad_accum)/dy; this factor
                 # makes it the gradient of the SUM of per-token losses, which the statistics are kept in.
-                stats.begin_micro_batch(domain_B, labels_BS.shape[1], grad_scale=labels_BS.numel() * grad_accum
-                                        / self._loss_scale())
+                # The host's domain ids: the probes sort tokens by domain there, without a device sync.
+                stats.begin_micro_batch(domain_host_B, labels_BS.shape[1], grad_scale=labels_BS.numel()
+                                        * grad_accum / self._loss_scale())
                 token_loss_BS = self._token_loss(engine(inputs_BS), labels_BS)
                 if self.topology.counts_losses:  # tensor-parallel ranks hold the same losses: count them once
                     stats.add_losses(token_loss_BS.detach(), domain_B, inputs_BS, labels_BS)
@@ -349,6 +349,14 @@ class Trainer:
         else:
             self.nonfinite_in_row = 0
         return reduced
+
+    def _to_device(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]):
+        """The step's micro-batches on the device, all copies issued up front (from pinned memory, without
+        blocking, on CUDA) so they overlap the first forward; each with its host domain ids."""
+        cuda = self.device.type == "cuda"
+        moved = [tuple(t.pin_memory().to(self.device, non_blocking=True) if cuda else t.to(self.device)
+                       for t in batch) for batch in micro_batches]
+        return [(batch, domain_B) for batch, (_, domain_B) in zip(moved, micro_batches)]
 
     def _probe_targets(self) -> None:
         """The target-only domains' gradient at the probe layers, for the alignment statistics alone.
