@@ -173,8 +173,9 @@ def write_manifest(ckpt: Path, step: int) -> None:
     _write_json(ckpt / MANIFEST, {"format": 1, "step": step, "files": files})
 
 
-def verify_checkpoint(ckpt: Path) -> str | None:
-    """None if ``ckpt`` matches its manifest, else why not (one phrase naming the file)."""
+def verify_checkpoint(ckpt: Path, checksums: bool = True) -> str | None:
+    """None if ``ckpt`` matches its manifest, else why not (one phrase naming the file). ``checksums=False``
+    compares sizes only (a stat per file: a missing or truncated file, not a changed byte)."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         return "does not exist"
@@ -186,8 +187,8 @@ def verify_checkpoint(ckpt: Path) -> str | None:
         # (used unverified) -- unless its trainer.json says it had one.
         try:
             had_manifest = json.loads((ckpt / "trainer.json").read_text()).get(MANIFEST, False)
-        except FileNotFoundError:
-            return None
+        except FileNotFoundError:  # no checkpoint lacks it: a directory deleted part-way (a kill during cleanup)
+            return f"has neither {MANIFEST} nor trainer.json"
         except (ValueError, AttributeError):
             return f"has no {MANIFEST} and its trainer.json is unreadable"
         return f"{MANIFEST} is missing" if had_manifest else None
@@ -200,7 +201,7 @@ def verify_checkpoint(ckpt: Path) -> str | None:
         size = path.stat().st_size
         if size != expected["bytes"]:
             return f"{rel} has {size} bytes, the manifest says {expected['bytes']}"
-        if _sha256(path) != expected["sha256"]:
+        if checksums and _sha256(path) != expected["sha256"]:
             return f"{rel} does not match its sha256 in the manifest"
     return None
 
@@ -233,12 +234,14 @@ def _stderr(message: str) -> None:
 
 
 def _prune(root: Path, keep_last: int, known_good: Path | None = None) -> None:
-    """Delete all but the ``keep_last`` newest checkpoints, never the newest verified one (``known_good``: one
-    just written and hashed, not read back again)."""
+    """Delete all but the ``keep_last`` newest intact checkpoints, never the newest verified one nor ``known_good``
+    (one just written and hashed, not read back again). A damaged checkpoint (a file missing or cut short) does not
+    count toward ``keep_last`` and goes: kept, it would push out one that can still be resumed from."""
     if keep_last <= 0:
         return
     complete = complete_checkpoints(root)
-    keep = set(complete[-keep_last:])
+    intact = [c for c in complete if c == known_good or verify_checkpoint(c, checksums=False) is None]
+    keep = set(intact[-keep_last:]) | ({known_good} if known_good is not None else set())
     for ckpt in reversed(complete):  # newest first: stop at the first one that proves itself
         if ckpt == known_good or verify_checkpoint(ckpt) is None:
             keep.add(ckpt)

@@ -27,7 +27,8 @@ def _step_of(line: str) -> int | None:
 class MetricsWriter:
     """``resume_step``: the run resumes from a checkpoint at this step; records past it (steps that are about to
     be trained again) and a torn last line are moved to ``metrics.replaced.jsonl``, so metrics.jsonl keeps one
-    record per step, and TensorBoard purges its events past that step."""
+    record per step, and TensorBoard purges its events past that step; -1: the run starts over (stopped before its
+    first checkpoint), every record with a step goes."""
 
     def __init__(self, run_dir: Path, cfg: LoggingConfig, config_dict: dict[str, Any],
                  resume_step: int | None = None) -> None:

@@ -198,12 +198,14 @@ class Trainer:
         write the run's config.yml and open metrics.jsonl, so a refused resume leaves the run as it was."""
         cfg = self.cfg
         choice: list[Any] = [None, None]  # (checkpoint, error) as rank 0 found them
+        over = False  # resume=auto on a run stopped before its first checkpoint: it starts over
         if self.topology.is_main:
             for partial in ckpt_io.cleanup_partial(self.run_dir):
                 self.console(f"removed incomplete checkpoint {partial} (the run stopped while writing it)")
             try:
                 choice[0] = ckpt_io.find_resume_checkpoint(cfg, self.run_dir, log=self.console)
-                if choice[0] is None and (self.run_dir / "metrics.jsonl").exists():
+                over = choice[0] is None and (self.run_dir / "metrics.jsonl").exists()
+                if over and cfg.checkpoint.resume != "auto":
                     raise FileExistsError(
                         f"run directory {self.run_dir} already holds metrics.jsonl; resume it with "
                         f"checkpoint.resume=auto or choose another logging.run_dir")
@@ -226,15 +228,15 @@ class Trainer:
             if cfg.data.tokenizer:
                 shutil.copyfile(cfg.data.tokenizer, self.run_dir / "tokenizer.json")
             self.metrics = MetricsWriter(self.run_dir, cfg.logging, cfg.to_dict(),
-                                         resume_step=self.step if resume is not None else None)
+                                         resume_step=self.step if resume is not None else -1 if over else None)
         if dist.is_initialized():
             dist.barrier()
         if self.metrics is not None and self.metrics.is_new:
             self.metrics.write(self._run_record())
-        if self.metrics is not None and resume is not None:
+        if self.metrics is not None and (resume is not None or over):
             # Records past the checkpoint's step were dropped (kept in metrics.replaced.jsonl): from here on
             # metrics.jsonl holds one record per step.
-            self.metrics.write({"kind": "resume", "step": self.step, "checkpoint": str(resume),
+            self.metrics.write({"kind": "resume", "step": self.step, "checkpoint": resume and str(resume),
                                 "dropped_records": self.metrics.dropped_records})
 
     def _run_record(self) -> dict[str, Any]:
