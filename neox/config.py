@@ -316,6 +316,10 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     tmp.replace(path)
 
 
+# Keys renamed since a release: the config.yml of an older run (reused, resumed, converted) still loads.
+RENAMED_KEYS = {"model.attention_impl": "attention"}
+
+
 def from_dict(cls: type, data: dict[str, Any] | None, prefix: str) -> Any:
     """Build dataclass ``cls`` from ``data``, checking keys and types; nested dataclasses recurse."""
     data = {} if data is None else data
@@ -326,6 +330,8 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else key
+        if dotted in RENAMED_KEYS and RENAMED_KEYS[dotted] not in data:
+            key = RENAMED_KEYS[dotted]
         if key not in names:
             raise ConfigError(f"unknown config key {dotted!r}" + _suggest(key, names)
                               + f" (valid keys here: {', '.join(names)})")

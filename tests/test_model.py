@@ -295,3 +295,13 @@ def test_bf16_cuda_matches_transformers():
     with torch.no_grad():
         diff = (ours(ids).float() - theirs(ids).logits.float()).abs().max().item()
     assert diff <= 0.05  # bf16 logits: differing kernels round differently at ~1e-2
+
+
+def test_an_older_runs_attention_impl_key_still_loads(tmp_path):
+    """model.attention was model.attention_impl: the config.yml of an older run (reused by the mixing study,
+    resumed, converted) loads with the new name."""
+    from neox.config import load_config
+
+    old = tmp_path / "config.yml"
+    old.write_text("include: " + str(REPO / "configs" / "demo_cpu.yml") + "\nmodel:\n  attention_impl: sdpa\n")
+    assert load_config(old).model.attention == "sdpa"
