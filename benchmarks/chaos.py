@@ -55,10 +55,10 @@ def chaos_config(data_dir: Path, run_dir: Path, steps: int, interval_steps: int,
     whose 200 steps take a minute or two on a busy CPU and whose checkpoint writes last ~0.1 s; "small", the
     tests' 2 x 64 model."""
     model = {"num_layers": 4, "hidden_size": 128, "num_heads": 4, "vocab_size": 256, "max_seq_len_tokens": 64}
-    data = {"path": str(data_dir), "seq_len_tokens": 64, "global_batch_sequences": 8, "micro_batch_sequences": 4}
+    data = {"path": str(data_dir), "seq_len_tokens": 64, "global_batch_sequences": 16, "micro_batch_sequences": 4}
     if size == "small":
         model.update(num_layers=2, hidden_size=64)
-        data.update(seq_len_tokens=32, micro_batch_sequences=2)
+        data.update(seq_len_tokens=32, global_batch_sequences=8, micro_batch_sequences=2)
     elif size != "bench":
         raise ValueError(f"size must be 'bench' or 'small', got {size!r}")
     return {
@@ -244,15 +244,16 @@ def _writing(root: Path) -> str | None:
         return None
 
 
-def _kill_during_write(launch: Launch, root: Path, signum: int, delay_s: float) -> str | None:
-    """Send ``signum`` ``delay_s`` after a ``step_*.tmp`` appears; the name seen (None: the run ended first)."""
+def _kill_during_write(launch: Launch, root: Path, signum: int, delay_s: float) -> tuple[str, bool] | None:
+    """Send ``signum`` ``delay_s`` after a ``step_*.tmp`` appears: the name seen and whether it was still there
+    right after the signal went (None: the run ended first)."""
     while launch.alive() and not launch.overdue():
         name = _writing(root)
         if name is not None:
             if delay_s:
                 time.sleep(delay_s)
             launch.proc.send_signal(signum)
-            return name
+            return name, (root / name).exists()
         time.sleep(0.001)
     return None
 
@@ -330,10 +331,12 @@ def run_chaos(config: Path, plan: list[Interrupt], rng: random.Random, env: dict
         row = Row(it.signal, it.when, exit=_exit_name(rc))
         row.at = "start-up" if last is None else f"step {last}"
         if landed_in is not None:
-            if (root / landed_in).exists():
-                row.at = f"writing {landed_in.removesuffix('.tmp')}"
+            name, there = landed_in
+            # SIGINT/SIGTERM let the write finish (and the stop saves nothing more); a SIGKILL leaves the .tmp
+            if there and (it.signal != "SIGKILL" or (root / name).exists()):
+                row.at = f"writing {name.removesuffix('.tmp')}"
             else:  # the rename came first: a kill right after a write, and the write kill is tried again
-                row.at += f" ({landed_in.removesuffix('.tmp')} already written)"
+                row.at += f" ({name.removesuffix('.tmp')} already written)"
                 write_misses += 1
                 if write_misses >= WRITE_ATTEMPTS:
                     rows.append(row)
@@ -360,7 +363,7 @@ def run_chaos(config: Path, plan: list[Interrupt], rng: random.Random, env: dict
 
 
 def _deliver(launch: Launch, it: Interrupt, remaining: int, steps: int, root: Path, rng: random.Random,
-             early: bool) -> str | None:
+             early: bool) -> tuple[str, bool] | None:
     """Send the interrupt at a random moment of its kind; for a write, the ``step_*.tmp`` it was aimed at."""
     signum = SIGNALS[it.signal]
     if it.when == "startup":
