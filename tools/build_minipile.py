@@ -7,15 +7,15 @@
 
 Writes DIR/<domain>/{train,val}.jsonl and DIR/stats.json. Sources that cannot be had are skipped with a
 reason (stderr and stats.json); the build fails if fewer than 4 domains (or all --only domains, if fewer)
-remain. See neox/data/minipile.py and docs/demo_corpus.md.
+remain. See tools/minipile/ and docs/demo_corpus.md.
 """
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
 
 import argparse
 from pathlib import Path
 
-from neox.data.minipile import DEFAULT_CACHE_DIR, MIB, PROFILES, BuildConfig, MinipileError, build_minipile
-from neox.data.minipile_sources import DOMAINS
+from tools.minipile.build import DEFAULT_CACHE_DIR, MIB, PROFILES, BuildConfig, MinipileError, build_minipile
+from tools.minipile.sources import DOMAINS
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ into ~64 KB parts before the split (so no single file dominates validation), the
 a prefix of that order (taking at most 1/8 of the cap from any one document), and parts are assigned to validation in the order of sha256(domain, "split", id)
 until max(5 %, a per-profile minimum) of the domain's bytes are held out.
 
-The domains and their sources are in `neox.data.minipile_sources` (domain -> sources -> extractor).
+The domains and their sources are in `tools.minipile.sources` (domain -> sources -> extractor).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, Sequence
 
-from neox.data.minipile_sources import (
+from tools.minipile.sources import (
     DOMAIN_NAMES,
     DOMAINS,
     Doc,
