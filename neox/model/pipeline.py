@@ -42,6 +42,7 @@ from neox.model.gpt_neox import (
     init_weights,
     per_token_loss,
 )
+from neox.training.stats import add_domain_sums, domain_sums_numel
 
 __all__ = [
     "DomainLoss",
@@ -144,21 +145,17 @@ class DomainLoss:
     def _accumulate(self, token_loss_BT: torch.Tensor, domain_B: torch.Tensor) -> None:
         K = self.num_domains
         if self._sums is None:
-            self._sums = torch.zeros(3 * K + 1, dtype=torch.float64, device=token_loss_BT.device)
+            self._sums = torch.zeros(domain_sums_numel(K), dtype=torch.float64, device=token_loss_BT.device)
         domain_B = domain_B.to(token_loss_BT.device, torch.long)
         if int(domain_B.min()) < 0 or int(domain_B.max()) >= K:
             raise ValueError(f"domain ids must lie in [0, {K}), got {domain_B.tolist()}")
-        loss_B = token_loss_BT.double().sum(dim=1)
-        self._sums[0:K].index_add_(0, domain_B, loss_B)
-        self._sums[K:2 * K].index_add_(0, domain_B, torch.full_like(loss_B, token_loss_BT.shape[1]))
-        self._sums[2 * K:3 * K].index_add_(0, domain_B, torch.ones_like(loss_B))
-        self._sums[3 * K] += (~torch.isfinite(token_loss_BT)).any().double()
+        add_domain_sums(self._sums, K, token_loss_BT, domain_B)
 
     def totals(self) -> dict[str, torch.Tensor]:
         """Per-domain sums since the last reset (zeros if no micro-batch passed): loss_sum (K,),
         token_count (K,), sequence_count (K,) fp64 and nonfinite (scalar count of micro-batches)."""
         K = self.num_domains
-        s = self._sums if self._sums is not None else torch.zeros(3 * K + 1, dtype=torch.float64)
+        s = self._sums if self._sums is not None else torch.zeros(domain_sums_numel(K), dtype=torch.float64)
         return {"loss_sum": s[0:K].clone(), "token_count": s[K:2 * K].clone(),
                 "sequence_count": s[2 * K:3 * K].clone(), "nonfinite": s[3 * K].clone()}
 

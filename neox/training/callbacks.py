@@ -56,23 +56,18 @@ def mixer_step_stats(trainer: "Trainer", stats: ReducedStats, norms: np.ndarray 
     """What the mixer sees of a step: the training domains' statistics, the weights the batch was drawn
     with (``trainer.weights``, replaced only after this) and each domain's alignment with the targets."""
     K = trainer.num_domains
-    sliced = {name: None if value is None else value[:K] for name, value in
-              (("ref_loss_sum", stats.ref_loss_sum), ("excess_loss_sum", stats.excess_loss_sum))}
-    gram = target = mask = cross = None
+    target = mask = None
     if stats.gram is not None:
-        gram = stats.gram[:K, :K]
-        cross = None if stats.gram_cross is None else stats.gram_cross[:K, :K]
         targets = trainer.cfg.mixing.target_domains
         if targets:
             # Statistics index training domains then probed target-only ones: the target direction is the
             # sum of the targets' gradients wherever they sit.
             target = stats.gram[:K, [trainer.val_domains.index(d) for d in targets]].mean(axis=1)
             mask = np.array([d in targets for d in trainer.domains], dtype=np.float64)
-    return StepStats(step=trainer.step, total_steps=trainer.total_steps, loss_sum=stats.loss_sum[:K],
-                     token_count=stats.token_count[:K], sample_count=stats.sample_count[:K], gram=gram,
-                     probe_norms=norms, weights=trainer.weights.copy(), target_alignment=target,
-                     num_targets=len(trainer.cfg.mixing.target_domains or []) or None, target_mask=mask,
-                     gram_cross=cross, lr=lr, **sliced)
+    return StepStats(step=trainer.step, total_steps=trainer.total_steps, probe_norms=norms,
+                     weights=trainer.weights.copy(), target_alignment=target,
+                     num_targets=len(trainer.cfg.mixing.target_domains or []) or None, target_mask=mask, lr=lr,
+                     **stats.training_domains(K))
 
 
 def broadcast_weights(weights: np.ndarray, device: torch.device) -> np.ndarray:

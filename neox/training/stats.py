@@ -10,7 +10,7 @@ all-reduce over the whole job combines them (docs/design.md, "Statistics").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +19,24 @@ import torch.distributed as dist
 
 if TYPE_CHECKING:
     from acodm.alignment import GradientAlignment
+
+
+def domain_sums_numel(num_domains: int) -> int:
+    """Width of the per-domain block: loss sums, token counts, sample counts (K each), non-finite flag."""
+    return 3 * num_domains + 1
+
+
+@torch.no_grad()
+def add_domain_sums(sums: torch.Tensor, num_domains: int, token_loss_BT: torch.Tensor, domain_B: torch.Tensor) -> None:
+    """Add one micro-batch to the per-domain block ``sums[:3K + 1]`` (fp64): loss sums, token counts,
+    sample counts, and +1 in the non-finite slot if any of its token losses is NaN/inf. Training
+    statistics, the pipeline's loss function and evaluation all keep this layout."""
+    K = num_domains
+    loss_B = token_loss_BT.double().sum(dim=1)
+    sums[0:K].index_add_(0, domain_B, loss_B)
+    sums[K:2 * K].index_add_(0, domain_B, torch.full_like(loss_B, token_loss_BT.shape[1]))
+    sums[2 * K:3 * K].index_add_(0, domain_B, torch.ones_like(loss_B))
+    sums[3 * K] += (~torch.isfinite(token_loss_BT)).any().double()
 
 
 @dataclass
@@ -35,6 +53,17 @@ class ReducedStats:
     # the first step and without alignment statistics.
     gram_cross: np.ndarray | None = None
 
+    def training_domains(self, num_domains: int) -> dict[str, np.ndarray | None]:
+        """Every per-domain field (all but ``nonfinite``) cut to the first ``num_domains`` domains, the
+        training ones (target-only domains follow them): the keyword arguments of acodm's ``StepStats``."""
+        K = num_domains
+        out: dict[str, np.ndarray | None] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "nonfinite":
+                out[f.name] = None if value is None else value[:K, :K] if value.ndim == 2 else value[:K]
+        return out
+
     @property
     def mean_loss(self) -> float:
         total = self.token_count.sum()
@@ -48,7 +77,7 @@ class StepStatistics:
         self.device = device
         self.alignment = alignment
         self.reference_model = reference_model
-        width = 3 * num_domains + 1 + (2 * num_domains if reference_model is not None else 0)
+        width = domain_sums_numel(num_domains) + (2 * num_domains if reference_model is not None else 0)
         self._local = torch.zeros(width, dtype=torch.float64, device=device)
         self._previous: tuple[torch.Tensor, np.ndarray] | None = None  # last step's reduced alignment + tokens
 
@@ -65,13 +94,8 @@ class StepStatistics:
     def add_losses(self, token_loss_BT: torch.Tensor, domain_B: torch.Tensor, inputs_BT: torch.Tensor,
                    labels_BT: torch.Tensor) -> None:
         K = self.num_domains
-        loss_B = token_loss_BT.double().sum(dim=1)
-        tokens_B = torch.full_like(loss_B, token_loss_BT.shape[1])
         local = self._local
-        local[0:K].index_add_(0, domain_B, loss_B)
-        local[K:2 * K].index_add_(0, domain_B, tokens_B)
-        local[2 * K:3 * K].index_add_(0, domain_B, torch.ones_like(loss_B))
-        local[3 * K] += (~torch.isfinite(token_loss_BT)).any().double()
+        add_domain_sums(local, K, token_loss_BT, domain_B)
         if self.reference_model is not None:
             from neox.model.gpt_neox import per_token_loss
 

@@ -27,7 +27,7 @@ from neox.training.engine import build_engine
 from neox.training.metrics import MetricsWriter
 from neox.training.signals import StopSignals, TrainingInterrupted
 from neox.training.mixing import build_run_mixer, build_statistics
-from neox.training.stats import ReducedStats
+from neox.training.stats import ReducedStats, add_domain_sums, domain_sums_numel
 
 
 class NonFiniteLossError(RuntimeError):
@@ -461,7 +461,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Per-domain validation loss and perplexity on the fixed validation set, summed over ranks."""
         K = len(self.val_domains)
-        sums = torch.zeros(2 * K, dtype=torch.float64, device=self.device)
+        sums = torch.zeros(domain_sums_numel(K), dtype=torch.float64, device=self.device)  # layout of add_domain_sums
         topo = self.topology
         batches = self.val.batches(dp_rank=topo.dp_rank, dp_size=topo.dp_size)
         # The probe hooks ignore forwards without gradients, so evaluation needs no special handling.
@@ -471,20 +471,19 @@ class Trainer:
             self.engine.eval_batch(iter(items), num_micro_batches=len(items), bcast_loss=False)
             if topo.counts_losses:
                 totals = self.domain_loss.totals()
-                sums[:K], sums[K:] = totals["loss_sum"], totals["token_count"]
+                sums[:K], sums[K:2 * K] = totals["loss_sum"], totals["token_count"]
             self.domain_loss.reset()
         else:
             self.engine.eval()
             for tokens_BS1, domain_B in batches:
                 tokens_BS1, domain_B = tokens_BS1.to(self.device), domain_B.to(self.device)
-                loss_BS = self._token_loss(self.engine(tokens_BS1[:, :-1]), tokens_BS1[:, 1:]).double()
+                loss_BS = self._token_loss(self.engine(tokens_BS1[:, :-1]), tokens_BS1[:, 1:])
                 if topo.counts_losses:
-                    sums[:K].index_add_(0, domain_B, loss_BS.sum(dim=1))
-                    sums[K:].index_add_(0, domain_B, torch.full_like(loss_BS[:, 0], loss_BS.shape[1]))
+                    add_domain_sums(sums, K, loss_BS, domain_B)
         self.engine.train()
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sums)
-        loss = (sums[:K] / sums[K:].clamp_min(1)).cpu().numpy()
+        loss = (sums[:K] / sums[K:2 * K].clamp_min(1)).cpu().numpy()
         ppl = np.exp(loss)
         ref = self._reference_weights()
         out: dict[str, float] = {}
