@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from neox.config import ConfigError, load_config
+from neox.config import load_config
+from neox.errors import ConfigError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from neox.model.config import ConfigError, ModelConfig
+from neox.errors import ConfigError
+from neox.model.config import ModelConfig
 
 MIXING_METHODS = ("static", "odm", "doge", "doremi", "acodm", "acodm_frozen")
 

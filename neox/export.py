@@ -104,7 +104,7 @@ def find_tokenizer(ckpt_dir: Path, explicit: str | os.PathLike[str] | None,
 
 def _model_config(ckpt: Path) -> Any:
     """The checkpoint's ModelConfig, validated as the trainer validates it."""
-    from neox.config import ConfigError
+    from neox.errors import ConfigError
     from neox.training.checkpoint import load_model_config
 
     try:

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from acodm.alignment import AlignmentConfig, GradientAlignment
-from neox.model import ConfigError, ModelConfig, build_model, check_attention_backend, compile_layers, per_token_loss
+from neox.errors import ConfigError
+from neox.model import ModelConfig, build_model, check_attention_backend, compile_layers, per_token_loss
 from neox.model import gpt_neox
 
 VOCAB = 96

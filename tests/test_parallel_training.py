@@ -18,7 +18,8 @@ import pytest
 import torch
 from trainer_utils import ROOT, interrupt_after, read_metrics, run_train, tiny_config, write_config
 
-from neox.config import ConfigError, load_config
+from neox.config import load_config
+from neox.errors import ConfigError
 from neox.parallel.topology import Topology
 
 pytestmark = pytest.mark.xdist_group("parallel_training")  # one worker runs the layouts once

@@ -253,7 +253,7 @@ def test_tensorboard_purges_steps_after_the_checkpoint(tmp_path):
 
 
 def test_refused_resume_keeps_config_yml(run4, tmp_path):
-    from neox.config import ConfigError
+    from neox.errors import ConfigError
 
     run, cfg = run4
     copy = tmp_path / "copy"

@@ -14,7 +14,8 @@ import torch.distributed as dist
 from distributed import run_distributed
 
 from acodm.alignment import AlignmentConfig, GradientAlignment
-from neox.model.config import ConfigError, ModelConfig
+from neox.errors import ConfigError
+from neox.model.config import ModelConfig
 from neox.model.gpt_neox import build_model, per_token_loss
 from neox.model.tensor_parallel import (
     ColumnParallelLinear,

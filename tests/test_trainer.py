@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from distributed import free_port
-from neox.config import ConfigError, load_config
+from neox.config import load_config
+from neox.errors import ConfigError
 from tests.trainer_utils import (ROOT, clean_env, interrupt_after, read_metrics, run_train, tiny_config,
                                  train_in_process, write_config)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from neox.model import ConfigError, ModelConfig, build_model, count_parameters, flops_per_token  # noqa: E402
+from neox.errors import ConfigError  # noqa: E402
+from neox.model import ModelConfig, build_model, count_parameters, flops_per_token  # noqa: E402
 
 
 def load_model_config(path: str) -> ModelConfig:

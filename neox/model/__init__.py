@@ -1,6 +1,7 @@
 """GPT-NeoX / Pythia model: parameter names follow transformers' GPTNeoXForCausalLM."""
 
-from neox.model.config import ConfigError, ModelConfig
+from neox.errors import ConfigError
+from neox.model.config import ModelConfig
 from neox.model.gpt_neox import (
     GPTNeoX,
     EmbeddingLayer,

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-class ConfigError(ValueError):
-    """A configuration value a user must change; the message names the key, the value and the fix."""
+from neox.errors import ConfigError  # noqa: F401  # re-exported: neox.model.config.ConfigError
 
 
 @dataclass

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from neox.model.config import ConfigError, ModelConfig
+from neox.errors import ConfigError
+from neox.model.config import ModelConfig
 
 __all__ = [
     "GPTNeoX", "EmbeddingLayer", "TransformerLayer", "FinalLayer", "RotaryEmbedding", "Attention", "MLP",

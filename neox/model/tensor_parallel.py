@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acodm.alignment import ProbeSlice
-from neox.model.config import ConfigError
+from neox.errors import ConfigError
 from neox.model.gpt_neox import MLP, Attention, GPTNeoX, RotaryEmbedding, build_model
 
 __all__ = [

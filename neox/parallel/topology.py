@@ -17,7 +17,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from neox.model.config import ConfigError
+from neox.errors import ConfigError
 
 
 @dataclass

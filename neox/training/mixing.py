@@ -12,7 +12,8 @@ import torch
 
 from acodm.mixers import build_mixer
 from acodm.mixers.base import Mixer, MixerNeeds
-from neox.config import ConfigError, ExperimentConfig
+from neox.config import ExperimentConfig
+from neox.errors import ConfigError
 from neox.training.stats import StepStatistics
 
 
