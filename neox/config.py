@@ -21,6 +21,8 @@ import yaml
 
 from neox.errors import ConfigError
 from neox.model.config import ModelConfig
+from neox.model.tensor_parallel import check_tensor_parallel
+from neox.parallel.topology import data_parallel_size
 
 MIXING_METHODS = ("static", "odm", "doge", "doremi", "acodm", "acodm_frozen")
 
@@ -264,21 +266,11 @@ class ExperimentConfig:
             raise ConfigError("mixing.method=doremi with parallel.pipe > 1: the reference model's losses need the "
                               "input tokens on the last stage; use parallel.tensor or data parallelism for DoReMi")
         if tensor > 1:
-            for what, value in (("model.num_heads", m.num_heads), ("model.intermediate_size (ffn size)", m.ffn_size),
-                                ("the padded vocabulary (model.vocab_size rounded up to "
-                                 "model.make_vocab_size_divisible_by)", m.padded_vocab_size)):
-                if value % tensor:
-                    raise ConfigError(f"{what} ({value}) must be divisible by parallel.tensor ({tensor})")
-            if m.dropout > 0:
-                raise ConfigError(f"parallel.tensor={tensor} needs model.dropout == 0, got {m.dropout}")
+            check_tensor_parallel(m, tensor)
 
     def check_world_size(self, world_size: int) -> int:
         """Data-parallel size for this many processes; refuses layouts that do not divide it."""
-        model_parallel = self.parallel.pipe * self.parallel.tensor
-        if world_size % model_parallel:
-            raise ConfigError(f"world size {world_size} is not divisible by parallel.pipe x parallel.tensor "
-                              f"= {self.parallel.pipe} x {self.parallel.tensor}")
-        dp = world_size // model_parallel
+        dp = data_parallel_size(world_size, self.parallel.pipe, self.parallel.tensor)
         per_step = self.data.micro_batch_sequences * dp
         if self.data.global_batch_sequences % per_step:
             raise ConfigError(

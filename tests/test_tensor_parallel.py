@@ -224,8 +224,8 @@ def test_alignment_statistics_sum_to_unsharded(tp_results, reference):
 
 def test_non_divisible_sizes_raise_clear_errors(tp_results):
     errors = tp_results[0]["errors"]
-    assert "model.num_heads (3)" in errors["heads"] and "tensor-parallel size (2)" in errors["heads"]
-    assert "(251)" in errors["vocab"] and "tensor-parallel size (2)" in errors["vocab"]
+    assert "model.num_heads (3)" in errors["heads"] and "parallel.tensor (2)" in errors["heads"]
+    assert "(251)" in errors["vocab"] and "parallel.tensor (2)" in errors["vocab"]
     assert "model.dropout" in errors["dropout"]
     assert "out_features (7)" in errors["column"]
     assert "in_features (5)" in errors["row"]

@@ -35,6 +35,7 @@ from torch import nn
 
 from acodm.alignment import ProbeSlice
 from neox.errors import ConfigError
+from neox.model.config import ModelConfig
 from neox.model.gpt_neox import MLP, Attention, GPTNeoX, RotaryEmbedding, build_model
 
 __all__ = [
@@ -67,7 +68,7 @@ def _rank(group: dist.ProcessGroup | None) -> int:
 
 def _divide(total: int, parts: int, what: str) -> int:
     if total % parts:
-        raise ConfigError(f"{what} ({total}) is not divisible by the tensor-parallel size ({parts}); "
+        raise ConfigError(f"{what} ({total}) must be divisible by parallel.tensor ({parts}); "
                           f"choose parallel.tensor among the divisors of {total}")
     return total // parts
 
@@ -380,16 +381,17 @@ def _shard(full: torch.Tensor, dim: int, rank: int, size: int) -> torch.Tensor:
     return full.narrow(dim, rank * local, local)
 
 
-def _check_divisible(cfg, size: int) -> None:
+def check_tensor_parallel(cfg: ModelConfig, size: int) -> None:
+    """Refuse a model that ``size`` tensor-parallel ranks cannot split (the config checks this too)."""
     _divide(cfg.num_heads, size, "model.num_heads")
+    _divide(cfg.ffn_size, size, "model.intermediate_size (ffn size)")
     _divide(cfg.padded_vocab_size, size, "the padded vocabulary (model.vocab_size rounded up to "
             "model.make_vocab_size_divisible_by)")
-    _divide(cfg.ffn_size, size, "model.intermediate_size (ffn size)")
     if cfg.dropout > 0:
         # Replicated activations would need the same dropout mask on every TP rank and sharded ones
         # different masks (Megatron's RNG tracker); not implemented, and Pythia trains without dropout.
-        raise ConfigError(f"tensor parallelism needs model.dropout == 0, got {cfg.dropout}; set model.dropout: 0.0 "
-                          "or parallel.tensor: 1")
+        raise ConfigError(f"parallel.tensor={size} needs model.dropout == 0, got {cfg.dropout}; set "
+                          "model.dropout: 0.0 or parallel.tensor: 1")
 
 
 def _parallelize(root: nn.Module, cfg, tp_group: dist.ProcessGroup | None) -> None:
@@ -433,7 +435,7 @@ def shard_gpt_neox(model: GPTNeoX, tp_group: dist.ProcessGroup | None) -> GPTNeo
     of ``tp_group`` must call this with the same model.
     """
     cfg = model.cfg
-    _check_divisible(cfg, _size(tp_group))
+    check_tensor_parallel(cfg, _size(tp_group))
     ref = model.gpt_neox.embed_in.weight
     tp = build_model(cfg, device="meta")
     _parallelize(tp, cfg, tp_group)
@@ -446,7 +448,7 @@ def shard_layers_in_place(module: nn.Module, cfg, tp_group: dist.ProcessGroup | 
     """Replace the GPT-NeoX layers under ``module`` (e.g. a pipeline stage) by this rank's tensor-parallel
     shards, keeping the module objects that hold them (DeepSpeed's PipelineModule keeps references to its
     layers) and their weights. A last stage then returns vocab-sharded logits."""
-    _check_divisible(cfg, _size(tp_group))
+    check_tensor_parallel(cfg, _size(tp_group))
     ref = next(module.parameters())
     full = {k: v.detach().clone() for k, v in module.state_dict().items()}
     _parallelize(module, cfg, tp_group)

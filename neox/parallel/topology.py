@@ -20,6 +20,16 @@ import torch.distributed as dist
 from neox.errors import ConfigError
 
 
+def data_parallel_size(world_size: int, pipe: int, tensor: int) -> int:
+    """How many data-parallel replicas ``world_size`` processes make; refuses a layout that does not divide it."""
+    if pipe < 1 or tensor < 1:
+        raise ConfigError(f"parallel.pipe and parallel.tensor must be >= 1, got {pipe} and {tensor}")
+    if world_size % (pipe * tensor):
+        raise ConfigError(f"world size {world_size} is not divisible by parallel.pipe x parallel.tensor "
+                          f"= {pipe} x {tensor}; launch a multiple of {pipe * tensor} processes")
+    return world_size // (pipe * tensor)
+
+
 @dataclass
 class Topology:
     pipe: int
@@ -30,14 +40,10 @@ class Topology:
 
     @classmethod
     def build(cls, pipe: int, tensor: int, world_size: int, rank: int) -> "Topology":
-        if pipe < 1 or tensor < 1:
-            raise ConfigError(f"parallel.pipe and parallel.tensor must be >= 1, got {pipe} and {tensor}")
-        if world_size % (pipe * tensor):
-            raise ConfigError(f"world size {world_size} is not divisible by parallel.pipe x parallel.tensor "
-                              f"= {pipe} x {tensor}; launch a multiple of {pipe * tensor} processes")
+        data = data_parallel_size(world_size, pipe, tensor)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of {world_size}")
-        return cls(pipe=pipe, tensor=tensor, data=world_size // (pipe * tensor), rank=rank)
+        return cls(pipe=pipe, tensor=tensor, data=data, rank=rank)
 
     # ------------------------------------------------------------------ coordinates (pure arithmetic)
 
