@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from acodm.export import export_actor  # noqa: E402
+from acodm.actor_export import export_actor  # noqa: E402
 from acodm.mixers import StepStats, build_mixer  # noqa: E402
 from acodm.serialization import save_state  # noqa: E402
 

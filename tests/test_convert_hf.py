@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from neox.export import ExportError, export_hf, max_logit_diff
+from neox.hf_export import ExportError, export_hf, max_logit_diff
 from neox.model.config import ModelConfig
 from neox.model.gpt_neox import GPTNeoX, build_model
 

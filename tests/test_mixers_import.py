@@ -21,7 +21,7 @@ names = ["acodm"] + [m.name for m in pkgutil.walk_packages(acodm.__path__, "acod
 for name in names:
     importlib.import_module(name)
 assert not any(m == "neox" or m.startswith("neox.") for m in sys.modules), "neox was imported"
-for required in ("acodm.mixers", "acodm.rl.ddpg", "acodm.state", "acodm.export", "acodm.serialization"):
+for required in ("acodm.mixers", "acodm.rl.ddpg", "acodm.state", "acodm.actor_export", "acodm.serialization"):
     assert required in names, required
 print(len(names))
 """

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from acodm.export import export_actor
+from acodm.actor_export import export_actor
 from acodm.mixers import StepStats, build_mixer
 from acodm.serialization import save_state
 

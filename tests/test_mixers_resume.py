@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from acodm.export import export_actor
+from acodm.actor_export import export_actor
 from acodm.mixers import StepStats, build_mixer
 from acodm.serialization import load_state, save_state
 

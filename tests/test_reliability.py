@@ -179,7 +179,7 @@ def test_no_verified_checkpoint_is_a_one_line_error(run4, tmp_path):
 
 
 def test_convert_names_the_damaged_checkpoint(run4, tmp_path):
-    from neox.export import ExportError, resolve_checkpoint
+    from neox.hf_export import ExportError, resolve_checkpoint
 
     run, _ = run4
     broken = tmp_path / "broken"

@@ -18,7 +18,7 @@ from test_convert_hf import make_run  # noqa: E402  (the same tiny run fixture a
 
 from neox.evaluation import lm_eval_record, resolve_suite, run_lm_eval  # noqa: E402
 from neox.evaluation.lm_eval_runner import EvalPlan  # noqa: E402
-from neox.export import export_hf  # noqa: E402
+from neox.hf_export import export_hf  # noqa: E402
 
 pytest.importorskip("lm_eval")
 

@@ -42,7 +42,7 @@ def test_target_with_other_domains_is_refused(synthetic_data, tmp_path):
     proxy_dir, actor_dir = tmp_path / "proxy", tmp_path / "actor"
     train_in_process(write_config(tmp_path / "proxy.yml", tiny_config(
         synthetic_data, proxy_dir, mixing=PROXY_MIXING, schedule={"train_steps": 3, "warmup_steps": 1})))
-    from acodm.export import export_actor
+    from acodm.actor_export import export_actor
     export_actor(proxy_dir, actor_dir)
     target = tiny_config(synthetic_data, tmp_path / "target",
                          data={"domains": ["domain_00", "domain_02"]},

@@ -12,7 +12,7 @@ import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().par
 import argparse
 import warnings
 
-from neox.export import DTYPES, ExportError, export_hf
+from neox.hf_export import DTYPES, ExportError, export_hf
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify:
         import torch
 
-        from neox.export import load_checkpoint_config, max_logit_diff, resolve_checkpoint
+        from neox.hf_export import load_checkpoint_config, max_logit_diff, resolve_checkpoint
 
         vocab_size = int(load_checkpoint_config(resolve_checkpoint(args.source))["model"]["vocab_size"])
         input_ids = torch.randint(0, vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))

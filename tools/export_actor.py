@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from acodm.export import export_actor, read_actor_metadata  # noqa: E402
+from acodm.actor_export import export_actor, read_actor_metadata  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

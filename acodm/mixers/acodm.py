@@ -473,7 +473,7 @@ class ACODMFrozenMixer(Mixer):
 
     def __init__(self, domains: list[str], total_steps: int, seed: int, config: ACODMFrozenConfig):
         super().__init__(domains, config.floor, total_steps, seed)
-        from acodm.export import load_actor, read_actor_metadata
+        from acodm.actor_export import load_actor, read_actor_metadata
 
         self.config = config
         metadata = read_actor_metadata(config.actor)

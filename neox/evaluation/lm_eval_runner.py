@@ -1,7 +1,7 @@
 """lm-eval (EleutherAI lm-evaluation-harness) on an exported transformers model or on a checkpoint.
 
 `run_lm_eval` is one `lm_eval.simple_evaluate` call with lm-eval's `hf` model; a RUN_DIR or
-CHECKPOINT_DIR is first exported to a temporary transformers directory (neox/export.py). Suites name
+CHECKPOINT_DIR is first exported to a temporary transformers directory (neox/hf_export.py). Suites name
 the paper's evaluations (docs/methods.md, AC-ODM "LM setup"): MMLU 0- and 5-shot, HumanEval pass@1, and the
 zero-shot set. Results come back as task -> metric -> value, with the n-shot and limit used.
 
@@ -164,7 +164,7 @@ def hf_model_dir(model_dir: str | os.PathLike[str]) -> Iterator[Path]:
     if (path / "config.json").is_file():
         yield path
         return
-    from neox.export import ExportError, export_hf, resolve_checkpoint
+    from neox.hf_export import ExportError, export_hf, resolve_checkpoint
 
     try:
         resolve_checkpoint(path)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from acodm.export import export_actor, load_actor
+from acodm.actor_export import export_actor, load_actor
 from acodm.mixers import StepStats, build_mixer
 from acodm.mixers.base import apply_floor
 from acodm.serialization import save_state
