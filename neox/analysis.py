@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from neox.files import atomic_path, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -240,30 +241,12 @@ def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _savefig(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
 
@@ -433,8 +416,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.P
     lm_md, lm_data = _lm_eval_table(runs)
     summary = {"runs": final_data, "time_to_target": ttt, "lm_eval": lm_data,
                "domains": runs[0].domains}
-    _atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
-    _atomic_write_text(out / "summary.md", _summary_markdown(runs, final_md, ttt, lm_md))
+    atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
+    atomic_write_text(out / "summary.md", _summary_markdown(runs, final_md, ttt, lm_md))
     return summary
 
 

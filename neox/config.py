@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from neox.errors import ConfigError
+from neox.files import atomic_write_text
 from neox.model.config import ModelConfig
 from neox.model.tensor_parallel import check_tensor_parallel
 from neox.parallel.topology import data_parallel_size
@@ -303,10 +304,7 @@ def read_yaml_with_includes(path: str | Path) -> dict[str, Any]:
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     """Write the resolved config atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # Keys renamed since a release: the config.yml of an older run (reused, resumed, converted) still loads.

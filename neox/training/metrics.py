@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from neox.config import LoggingConfig
+from neox.files import atomic_write_text
 
 
 def _clean(value: Any) -> Any:
@@ -65,9 +66,7 @@ class MetricsWriter:
             return
         with (self.path.parent / "metrics.replaced.jsonl").open("a") as f:
             f.write("".join(line + "\n" for line in drop))
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in keep))
         self.dropped_records = len(drop)
 
     @property
