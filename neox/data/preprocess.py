@@ -38,13 +38,13 @@ import numpy as np
 from neox.data.indexed import (MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, DataFileError,
                                check_layout, open_indexed_dataset, read_manifest,
                                recorded_max_token_id, scan_token_ids)
+from neox.data.tokenizer import EOD_TOKEN
 from neox.files import atomic_write_text, file_sha256
 from neox.permissions import respect_umask
 
 TOOL_VERSION = "1.1"
 REJECTS_FILE = "rejects.txt"
 SPLITS = ("train", "val")
-EOD_TOKEN = "<|endoftext|>"
 # megatron-core stores uint16 when the vocabulary fits; its own tools switch at 65500.
 _UINT16_VOCAB_LIMIT = 65500
 
