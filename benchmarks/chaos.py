@@ -75,7 +75,7 @@ def chaos_config(data_dir: Path, run_dir: Path, steps: int, interval_steps: int,
 
 
 def make_synthetic_data(out: Path) -> Path:
-    from neox.data.preprocess import write_synthetic_domains
+    from tests.synthetic_data import write_synthetic_domains
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from neox.data import MicroBatchLoader, MixturePlan, open_domains  # noqa: E402
-from neox.data.preprocess import write_synthetic_domains  # noqa: E402
+from tests.synthetic_data import write_synthetic_domains  # noqa: E402
 
 
 def best_of(fn, repeats: int) -> float:

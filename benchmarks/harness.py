@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 def synthetic_data(num_domains: int, vocab_size: int, docs_per_domain: int = 200, mean_doc_tokens: int = 512) -> Path:
     """Random-token domains for a benchmark (kept in a temporary directory for the process's life)."""
-    from neox.data.preprocess import write_synthetic_domains
+    from tests.synthetic_data import write_synthetic_domains
 
     out = Path(tempfile.mkdtemp(prefix="acodm-bench-")) / "tokens"
     with warnings.catch_warnings():

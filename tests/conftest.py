@@ -112,7 +112,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
     """Three random-token domains (vocab 256) in the preprocess layout, train and val splits."""
-    from neox.data.preprocess import write_synthetic_domains
+    from tests.synthetic_data import write_synthetic_domains
 
     out = tmp_path_factory.mktemp("synthetic") / "tokens"
     with warnings.catch_warnings():

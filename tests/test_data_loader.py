@@ -16,7 +16,8 @@ from neox.data import (
     ValidationSet,
     open_domains,
 )
-from neox.data.preprocess import write_manifest, write_synthetic_domains
+from neox.data.preprocess import write_manifest
+from tests.synthetic_data import write_synthetic_domains
 
 SEQ = 16
 VOCAB = 300

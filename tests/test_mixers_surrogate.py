@@ -124,7 +124,7 @@ def test_actions_stay_on_the_simplex_under_bad_statistics(bad):
 
 def test_realised_shares_equal_the_plans_counts(tmp_path):
     from neox.data import MicroBatchLoader, MixturePlan, open_domains
-    from neox.data.preprocess import write_synthetic_domains
+    from tests.synthetic_data import write_synthetic_domains
 
     write_synthetic_domains(str(tmp_path / "d"), num_domains=4, docs_per_domain=40, vocab_size=64, seed=0)
     corpus = open_domains(str(tmp_path / "d"), seq_len_tokens=16)

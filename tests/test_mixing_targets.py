@@ -15,7 +15,7 @@ from tests.trainer_utils import interrupt_after, read_metrics, tiny_config, writ
 @pytest.fixture(scope="module")
 def heldout_data(tmp_path_factory):
     """3 synthetic domains; domain_02 has no train split, only val and a 'target' split."""
-    from neox.data.preprocess import write_synthetic_domains
+    from tests.synthetic_data import write_synthetic_domains
 
     out = tmp_path_factory.mktemp("heldout") / "tokens"
     write_synthetic_domains(str(out), num_domains=3, docs_per_domain=120, vocab_size=256, seed=0,

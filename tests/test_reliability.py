@@ -405,7 +405,7 @@ def test_checkpoints_respect_the_umask(run4):
 def test_preprocess_clears_leftovers_and_respects_the_umask(tmp_path):
     import warnings
 
-    from neox.data.preprocess import write_synthetic_domains
+    from tests.synthetic_data import write_synthetic_domains
 
     out = tmp_path / "tokens"
     (tmp_path / "tokens.tmp-dead1").mkdir()  # what a SIGKILLed run leaves
