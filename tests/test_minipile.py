@@ -160,3 +160,33 @@ def test_text_converters():
     assert html_to_text(page) == "One & two\n\na\n  b"
     assert _brown_untag("\n\tThe/at jury/nn said/vbd ./.\n\tIt/pps ran/vbd ./.\n\n\tNew/jj para/nn\n") == \
         "The jury said . It ran .\n\nNew para\n"
+
+
+@pytest.mark.launches  # a fake apt-get, run through subprocess inside the fetcher
+def test_unauthenticated_package_lists_are_refreshed_then_the_download_retried(tmp_path, monkeypatch):
+    """A base image can ship bookworm-security's Packages list without its signed InRelease: `apt-get download`
+    then refuses every package whose candidate comes from there ("Some packages could not be authenticated":
+    python3.11-doc, linux-doc-6.1). The fetcher treats that like empty lists: `apt-get update` once, retry."""
+    from tools.minipile.build import Fetcher
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    fake = bin_dir / "apt-get"
+    fake.write_text(f"""#!/bin/sh
+echo "$@" >> {calls}
+if [ "$1" = update ]; then touch {tmp_path}/updated; exit 0; fi
+if [ ! -e {tmp_path}/updated ]; then
+  echo "WARNING: The following packages cannot be authenticated!"; echo "  $2"
+  echo "E: Some packages could not be authenticated" >&2; exit 100
+fi
+touch "$2"_1.0_all.deb
+""")
+    fake.chmod(0o755)
+    (bin_dir / "dpkg-deb").symlink_to(shutil.which("true"))
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr("tools.minipile.build.os.geteuid", lambda: 0)
+    work = tmp_path / "work"
+    work.mkdir()
+    deb = Fetcher(tmp_path / "cache", log=lambda _: None)._download_deb("python3.11-doc", work)
+    assert deb.name == "python3.11-doc_1.0_all.deb"
+    assert calls.read_text().split("\n")[:3] == ["download python3.11-doc", "update", "download python3.11-doc"]

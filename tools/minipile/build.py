@@ -54,8 +54,11 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "acodm" / "minipile"
 # Programs an extractor needs and the Debian package that brings each.
 TOOL_PACKAGES = {"groff": "groff-base"}
 _COMMAND_TIMEOUT_S = 900
-_APT_MISSING = ("Unable to locate package", "Can't find a source to download", "has no installation candidate",
-                "No packages found")
+# apt-get's answers when the package lists are empty, stale or only half there; an `apt-get update` fixes each.
+# "could not be authenticated": a list whose InRelease is missing (a base image that ships bookworm-security's
+# Packages without its signed InRelease): every package whose candidate comes from it is refused.
+_APT_STALE_LISTS = ("Unable to locate package", "Can't find a source to download", "has no installation candidate",
+                    "No packages found", "could not be authenticated")
 
 Log = Callable[[str], None]
 
@@ -283,8 +286,8 @@ class Fetcher:
         try:
             self._run(["apt-get", "download", package], cwd=tmp)
         except SourceUnavailable as exc:
-            # Empty or stale package lists: refresh once per build (needs root), then retry.
-            if os.geteuid() != 0 or not any(m in str(exc) for m in _APT_MISSING):
+            # Empty, stale or unauthenticated package lists: refresh once per build (needs root), then retry.
+            if os.geteuid() != 0 or not any(m in str(exc) for m in _APT_STALE_LISTS):
                 raise
             with self._apt_lock:
                 if not self._apt_updated:
