@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from neox.analysis import read_run
+
 ROOT = Path(__file__).resolve().parents[1]
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
             "CROSS_RANK", "CROSS_SIZE", "GROUP_RANK")
@@ -62,13 +64,10 @@ def run_train(config: Path, *overrides: str, launcher: tuple[str, ...] = (sys.ex
 
 
 def read_metrics(run_dir: Path, kind: str = "train") -> list[dict[str, Any]]:
-    """Records of ``kind``; for repeated steps (a resumed run) the later record wins."""
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("kind") == kind:
-            by_step[rec.get("step", 0)] = rec
-    return [by_step[s] for s in sorted(by_step)]
+    """Records of ``kind`` ("train", "eval", "lm_eval") as the production reader sees them: one per step,
+    a resumed run's later record winning."""
+    run = read_run(run_dir)
+    return {"train": run.train, "eval": run.evals, "lm_eval": run.lm_evals}[kind]
 
 
 def train_in_process(config: Path, *overrides: str):
