@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from acodm.alignment import AlignmentConfig
 from neox.errors import ConfigError
 from neox.files import atomic_write_text
 from neox.model.config import ModelConfig
@@ -59,17 +60,26 @@ class DataConfig:
 
 @dataclass
 class AlignmentSection:
-    """How the gradient-alignment statistics are gathered (acodm.alignment; docs/design.md, "Statistics")."""
-    mode: str = "sketch"  # "exact" (tests, small models) or "sketch" (default at scale)
-    probe_pattern: str | None = None  # None: the MLP output projection of the last, 3rd-last, 5th-last layers
-    sketch_out: int = 64
-    sketch_in: int = 64
-    seed: int = 1234
+    """How the gradient-alignment statistics are gathered (docs/design.md, "Statistics"): the settings of
+    ``acodm.alignment.AlignmentConfig`` a user chooses, with its defaults and its checks (``build``); the
+    rest (``num_layers``, ``sequence_first``) depends on the model and is filled in where it is built."""
+    mode: str = AlignmentConfig.mode  # "exact" (tests, small models) or "sketch" (default at scale)
+    probe_pattern: str | None = None  # None: AlignmentConfig's (MLP output projection of layers -1, -3, -5)
+    sketch_out: int = AlignmentConfig.sketch_out
+    sketch_in: int = AlignmentConfig.sketch_in
+    seed: int = AlignmentConfig.seed
 
     def __post_init__(self) -> None:
-        if self.mode not in ("exact", "sketch"):
-            raise ConfigError(f"mixing.alignment.mode must be 'exact' or 'sketch', got {self.mode!r}")
-        _positive(self, "mixing.alignment", ("sketch_out", "sketch_in"))
+        try:
+            self.build()
+        except ValueError as e:  # AlignmentConfig names its keys "alignment.*"
+            raise ConfigError(f"mixing.{e}") from None
+
+    def build(self) -> AlignmentConfig:
+        settings = dataclasses.asdict(self)
+        if self.probe_pattern is None:
+            del settings["probe_pattern"]
+        return AlignmentConfig(**settings)
 
 
 @dataclass

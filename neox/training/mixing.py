@@ -62,19 +62,15 @@ def build_statistics(cfg: ExperimentConfig, needs: MixerNeeds, model: torch.nn.M
     know their slice) or this rank's pipeline stage (statistics placed in the whole model's layout)."""
     alignment = reference = None
     if needs.alignment:
-        from acodm.alignment import AlignmentConfig, GradientAlignment
+        from acodm.alignment import GradientAlignment
 
-        section = cfg.mixing.alignment
-        kwargs = dict(mode=section.mode, sketch_out=section.sketch_out, sketch_in=section.sketch_in,
-                      seed=section.seed)
-        if section.probe_pattern is not None:
-            kwargs["probe_pattern"] = section.probe_pattern
+        align_cfg = cfg.mixing.alignment.build()
         if cfg.parallel.pipe > 1:
             from neox.model.pipeline import PipelineAlignment
 
-            alignment = PipelineAlignment(model, cfg.model, num_domains, AlignmentConfig(**kwargs), device=device)
+            alignment = PipelineAlignment(model, cfg.model, num_domains, align_cfg, device=device)
         else:
-            alignment = GradientAlignment(model, num_domains, AlignmentConfig(**kwargs), device=device)
+            alignment = GradientAlignment(model, num_domains, align_cfg, device=device)
     if needs.reference_losses:
         path = cfg.mixing.doremi.get("reference")
         if not path:
