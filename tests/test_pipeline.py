@@ -56,6 +56,15 @@ def _initial_state() -> dict[str, torch.Tensor]:
     return build_model(CFG).state_dict()
 
 
+def _layer_states_of(module: torch.nn.Module) -> dict[int, dict[str, torch.Tensor]]:
+    """{spec index: state dict} of the layers this stage holds (keys "3.attention.dense.weight" split)."""
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in module.state_dict().items():
+        index, rest = key.split(".", 1)
+        out.setdefault(int(index), {})[rest] = value
+    return out
+
+
 def _pipeline_worker(rank: int, world_size: int, hf_state, steps, checkpoint_interval: int = 0,
                      save_dir: str | None = None) -> dict:
     import deepspeed
@@ -63,7 +72,6 @@ def _pipeline_worker(rank: int, world_size: int, hf_state, steps, checkpoint_int
 
     from neox.model.pipeline import (
         build_pipeline_module,
-        layer_states_of,
         load_hf_state_dict,
         PipelineAlignment,
         stage_probe_names,
@@ -101,7 +109,7 @@ def _pipeline_worker(rank: int, world_size: int, hf_state, steps, checkpoint_int
     if save_dir is not None:
         engine.save_checkpoint(save_dir, tag="last")
     return {"losses": losses, "totals": totals, "packed": packed, "grams": grams, "is_last": engine.is_last_stage(),
-            "probes": stage_probe_names(module, CFG, ALIGN.probe_pattern), "layers": layer_states_of(module),
+            "probes": stage_probe_names(module, CFG, ALIGN.probe_pattern), "layers": _layer_states_of(module),
             "forwards": forwards[0]}
 
 

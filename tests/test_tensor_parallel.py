@@ -24,7 +24,6 @@ from neox.model.tensor_parallel import (
     gather_tp_state_dict,
     is_tensor_parallel_param,
     shard_gpt_neox,
-    tp_grad_norm,
     vocab_parallel_per_token_loss,
 )
 
@@ -87,6 +86,20 @@ class _MPU:
         return dist.get_rank(self.group)
 
 
+def _tp_grad_norm(tp_model: torch.nn.Module, tp_group: dist.ProcessGroup | None) -> float:
+    """Global L2 norm of the gradients the way DeepSpeed computes it across a TP group: every rank
+    sums ‖g‖² of its sharded parameters, only TP rank 0 adds the replicated ones, then one all-reduce."""
+    rank = dist.get_rank(tp_group)
+    device = next(tp_model.parameters()).device  # NCCL reduces device tensors only
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for p in tp_model.parameters():
+        if p.grad is not None and (rank == 0 or is_tensor_parallel_param(p)):
+            total += p.grad.detach().double().pow(2).sum()
+    if dist.get_world_size(tp_group) > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=tp_group)
+    return math.sqrt(float(total))
+
+
 def _tp_worker(rank: int, world_size: int) -> dict:
     group = dist.new_group(list(range(world_size)))  # an explicit, non-default group
     full = _model()
@@ -110,7 +123,7 @@ def _tp_worker(rank: int, world_size: int) -> dict:
             replicated_grads[name] = g
     out["grads"] = grads
     out["replicated_grads"] = replicated_grads
-    out["grad_norm"] = tp_grad_norm(tp, group)
+    out["grad_norm"] = _tp_grad_norm(tp, group)
 
     import deepspeed
     from deepspeed.runtime.utils import get_weight_norm

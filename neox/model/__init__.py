@@ -15,11 +15,10 @@ from neox.model.gpt_neox import (
     hf_config,
     init_weights,
     per_token_loss,
-    pipeline_layers,
 )
 
 __all__ = [
     "ConfigError", "ModelConfig", "GPTNeoX", "EmbeddingLayer", "TransformerLayer", "FinalLayer",
     "build_model", "count_parameters", "flops_per_token", "hf_config", "init_weights", "per_token_loss",
-    "pipeline_layers", "check_attention_backend", "compile_layers",
+    "check_attention_backend", "compile_layers",
 ]

@@ -24,7 +24,7 @@ from neox.model.config import ModelConfig
 __all__ = [
     "GPTNeoX", "EmbeddingLayer", "TransformerLayer", "FinalLayer", "RotaryEmbedding", "Attention", "MLP",
     "init_weights", "per_token_loss", "count_parameters", "build_model", "hf_config", "flops_per_token",
-    "pipeline_layers", "check_attention_backend", "compile_layers",
+    "check_attention_backend", "compile_layers",
 ]
 
 
@@ -468,8 +468,3 @@ def hf_config(cfg: ModelConfig, **extra: Any):
         fields.update(rotary_pct=cfg.rotary_pct, rotary_emb_base=cfg.rotary_base)
     fields.update(extra)
     return transformers.GPTNeoXConfig(**fields)
-
-
-def pipeline_layers(cfg: ModelConfig) -> list[type[nn.Module]]:
-    """Layer classes in model order (embedding, L transformer layers, final), each built as cls(cfg)."""
-    return [EmbeddingLayer, *([TransformerLayer] * cfg.num_layers), FinalLayer]

@@ -54,7 +54,6 @@ __all__ = [
     "global_probe_names",
     "hf_named_view",
     "hf_to_pipeline_layer_state",
-    "layer_states_of",
     "load_hf_state_dict",
     "pipeline_to_hf_state_dict",
     "read_layer_checkpoints",
@@ -162,14 +161,6 @@ class DomainLoss:
     def reset(self) -> None:
         if self._sums is not None:
             self._sums.zero_()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"num_domains": self.num_domains, "sums": None if self._sums is None else self._sums.cpu()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state["num_domains"] != self.num_domains:
-            raise ValueError(f"DomainLoss state has {state['num_domains']} domains, this run {self.num_domains}")
-        self._sums = None if state["sums"] is None else state["sums"].clone()
 
 
 def _pipeline_module_class():
@@ -302,15 +293,6 @@ def hf_to_pipeline_layer_state(hf_state: Mapping[str, torch.Tensor],
             out[num_layers + 1][name] = value
         else:
             raise ValueError(f"unexpected key {name!r} in the HF state dict (GPTNeoXForCausalLM keys expected)")
-    return out
-
-
-def layer_states_of(module: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
-    """{spec index: state dict} of the layers this stage holds (keys "3.attention.dense.weight" split)."""
-    out: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in module.state_dict().items():
-        index, rest = key.split(".", 1)
-        out.setdefault(int(index), {})[rest] = value
     return out
 
 

@@ -26,7 +26,6 @@ The sharded model returns vocab-sharded logits (B, T, V/P): score them with
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.distributed as dist
@@ -51,7 +50,6 @@ __all__ = [
     "scatter_to_tp_region",
     "shard_gpt_neox",
     "shard_layers_in_place",
-    "tp_grad_norm",
     "vocab_parallel_per_token_loss",
 ]
 
@@ -482,17 +480,3 @@ def gather_tp_state_dict(tp_model: nn.Module, tp_group: dist.ProcessGroup | None
         dist.all_gather(parts, t, group=tp_group)
         out[name] = torch.cat(parts, dim=dims[name])
     return out
-
-
-def tp_grad_norm(tp_model: nn.Module, tp_group: dist.ProcessGroup | None) -> float:
-    """Global L2 norm of the gradients the way DeepSpeed computes it across a TP group: every rank
-    sums ‖g‖² of its sharded parameters, only TP rank 0 adds the replicated ones, then one all-reduce."""
-    rank = _rank(tp_group)
-    device = next(tp_model.parameters()).device  # NCCL reduces device tensors only
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    for p in tp_model.parameters():
-        if p.grad is not None and (rank == 0 or is_tensor_parallel_param(p)):
-            total += p.grad.detach().double().pow(2).sum()
-    if _size(tp_group) > 1:
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=tp_group)
-    return math.sqrt(float(total))
