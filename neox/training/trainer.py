@@ -62,7 +62,7 @@ class Trainer:
             if not Path(data.tokenizer).is_file():
                 raise FileNotFoundError(f"data.tokenizer={data.tokenizer} does not exist; point it at the "
                                         f"tokenizer.json the data was preprocessed with, or set it to null")
-            from neox.data.tokenizer import file_sha256
+            from neox.files import file_sha256
 
             tokenizer_sha = file_sha256(data.tokenizer)  # the token files must come from this tokenizer
         opened = dict(seq_len_tokens=data.seq_len_tokens, seed=cfg.seed, vocab_size=cfg.model.vocab_size,
