@@ -162,6 +162,7 @@ def test_compile_layers_skips_hooked_modules():
     assert set(model.state_dict()) == set(build_model(tiny(), "meta").state_dict())  # names unchanged
 
 
+@pytest.mark.launches  # torch.compile (inductor) runs the C++ compiler
 @pytest.mark.parametrize("activation_checkpointing", [False, True])
 def test_compiled_matches_eager_with_probes(activation_checkpointing):
     cfg = tiny(activation_checkpointing=activation_checkpointing)
