@@ -38,11 +38,12 @@ from neox.model.gpt_neox import (
     EmbeddingLayer,
     FinalLayer,
     TransformerLayer,
+    add_domain_sums,
     build_model,
+    domain_sums_numel,
     init_weights,
     per_token_loss,
 )
-from neox.training.stats import add_domain_sums, domain_sums_numel
 
 __all__ = [
     "DomainLoss",

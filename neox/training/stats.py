@@ -17,26 +17,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from neox.model.gpt_neox import add_domain_sums, domain_sums_numel
+
 if TYPE_CHECKING:
     from acodm.alignment import GradientAlignment
-
-
-def domain_sums_numel(num_domains: int) -> int:
-    """Width of the per-domain block: loss sums, token counts, sample counts (K each), non-finite flag."""
-    return 3 * num_domains + 1
-
-
-@torch.no_grad()
-def add_domain_sums(sums: torch.Tensor, num_domains: int, token_loss_BT: torch.Tensor, domain_B: torch.Tensor) -> None:
-    """Add one micro-batch to the per-domain block ``sums[:3K + 1]`` (fp64): loss sums, token counts,
-    sample counts, and +1 in the non-finite slot if any of its token losses is NaN/inf. Training
-    statistics, the pipeline's loss function and evaluation all keep this layout."""
-    K = num_domains
-    loss_B = token_loss_BT.double().sum(dim=1)
-    sums[0:K].index_add_(0, domain_B, loss_B)
-    sums[K:2 * K].index_add_(0, domain_B, torch.full_like(loss_B, token_loss_BT.shape[1]))
-    sums[2 * K:3 * K].index_add_(0, domain_B, torch.ones_like(loss_B))
-    sums[3 * K] += (~torch.isfinite(token_loss_BT)).any().double()
 
 
 @dataclass

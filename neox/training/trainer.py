@@ -17,7 +17,8 @@ import torch.distributed as dist
 
 from neox.config import ConfigError, ExperimentConfig, save_config
 from neox.data import MicroBatchLoader, MixturePlan, ValidationSet, gather_samples, open_domains, read_manifest
-from neox.model.gpt_neox import GPTNeoX, check_attention_backend, compile_layers, init_weights, per_token_loss
+from neox.model.gpt_neox import (GPTNeoX, add_domain_sums, check_attention_backend, compile_layers, domain_sums_numel,
+                                 init_weights, per_token_loss)
 from neox.parallel.topology import Topology
 from neox.training import checkpoint as ckpt_io
 from neox.training.callbacks import (Callback, CheckpointCallback, EvalCallback, MetricsCallback,
@@ -27,7 +28,7 @@ from neox.training.engine import build_engine
 from neox.training.metrics import MetricsWriter
 from neox.training.signals import StopSignals, TrainingInterrupted
 from neox.training.mixing import build_run_mixer, build_statistics
-from neox.training.stats import ReducedStats, add_domain_sums, domain_sums_numel
+from neox.training.stats import ReducedStats
 
 
 class NonFiniteLossError(RuntimeError):
