@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from acodm.alignment import AlignmentConfig
+from neox.data.loader import rank_batch_sequences
 from neox.errors import ConfigError
 from neox.files import atomic_write_text
 from neox.model.config import ModelConfig
@@ -282,12 +283,7 @@ class ExperimentConfig:
     def check_world_size(self, world_size: int) -> int:
         """Data-parallel size for this many processes; refuses layouts that do not divide it."""
         dp = data_parallel_size(world_size, self.parallel.pipe, self.parallel.tensor)
-        per_step = self.data.micro_batch_sequences * dp
-        if self.data.global_batch_sequences % per_step:
-            raise ConfigError(
-                f"data.global_batch_sequences ({self.data.global_batch_sequences}) must be divisible by "
-                f"data.micro_batch_sequences x data-parallel size = {self.data.micro_batch_sequences} x {dp}; "
-                f"change the global batch or the micro-batch")
+        rank_batch_sequences(self.data.global_batch_sequences, dp, self.data.micro_batch_sequences)
         return dp
 
     def to_dict(self) -> dict[str, Any]:

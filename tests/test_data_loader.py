@@ -245,9 +245,9 @@ def test_loader_resume_equals_uninterrupted(data_dir):
 def test_loader_rejects_indivisible_batches(data_dir):
     corpus = open_domains(data_dir, "train", SEQ, seed=0)
     plan = MixturePlan(corpus.samples_per_epoch, 24, seed=0)
-    with pytest.raises(ValueError, match="not divisible by the data-parallel size 5"):
+    with pytest.raises(ValueError, match=r"data.global_batch_sequences \(24\) must be divisible by .* = 1 x 5"):
         MicroBatchLoader(corpus, plan, 0, 5, 1)
-    with pytest.raises(ValueError, match="micro_batch_sequences=5"):
+    with pytest.raises(ValueError, match=r"data.global_batch_sequences \(24\) must be divisible by .* = 5 x 2"):
         MicroBatchLoader(corpus, plan, 0, 2, 5)
 
 

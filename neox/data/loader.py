@@ -14,6 +14,7 @@ import torch
 
 from neox.data.indexed import DomainCorpus
 from neox.data.plan import MixturePlan
+from neox.errors import ConfigError
 
 
 def gather_samples(corpus: DomainCorpus, domain_b: np.ndarray, sample_b: np.ndarray) -> np.ndarray:
@@ -23,6 +24,17 @@ def gather_samples(corpus: DomainCorpus, domain_b: np.ndarray, sample_b: np.ndar
         rows = np.flatnonzero(domain_b == k)
         out[rows] = corpus.datasets[int(k)].get_many(sample_b[rows])
     return out
+
+
+def rank_batch_sequences(global_batch_sequences: int, dp_size: int, micro_batch_sequences: int) -> int:
+    """Sequences each of ``dp_size`` data-parallel ranks draws per optimizer step; refuses a global batch
+    that does not split into whole micro-batches on every rank."""
+    if micro_batch_sequences < 1 or global_batch_sequences % (micro_batch_sequences * dp_size):
+        raise ConfigError(
+            f"data.global_batch_sequences ({global_batch_sequences}) must be divisible by "
+            f"data.micro_batch_sequences x data-parallel size = {micro_batch_sequences} x {dp_size}; "
+            f"change the global batch or the micro-batch")
+    return global_batch_sequences // dp_size
 
 
 class MicroBatchLoader:
@@ -41,17 +53,7 @@ class MicroBatchLoader:
             raise ValueError(f"plan has {plan.num_domains} domains, corpus has {corpus.num_domains}")
         if dp_size < 1 or not 0 <= dp_rank < dp_size:
             raise ValueError(f"need 0 <= dp_rank < dp_size, got dp_rank={dp_rank}, dp_size={dp_size}")
-        if batch % dp_size:
-            raise ValueError(
-                f"global_batch_sequences={batch} is not divisible by the data-parallel size {dp_size}"
-            )
-        per_rank = batch // dp_size
-        if micro_batch_sequences < 1 or per_rank % micro_batch_sequences:
-            raise ValueError(
-                f"the per-rank batch ({batch} / {dp_size} = {per_rank} sequences) is not divisible by "
-                f"micro_batch_sequences={micro_batch_sequences}; choose global_batch_sequences = "
-                "dp_size x micro_batch_sequences x gradient_accumulation_steps"
-            )
+        per_rank = rank_batch_sequences(batch, dp_size, micro_batch_sequences)
         self.corpus = corpus
         self.plan = plan
         self.dp_rank = dp_rank
