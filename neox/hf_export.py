@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|padding|>"
+from neox.data.tokenizer import EOD_TOKEN, PAD_TOKEN
+
 WEIGHTS_FILE = "model.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -141,12 +141,12 @@ def _save_tokenizer(tokenizer_json: Path, out: Path, model_max_length: int) -> N
     from transformers import PreTrainedTokenizerFast
 
     vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab()
-    if EOS_TOKEN not in vocab:
-        raise ExportError(f"{tokenizer_json} has no {EOS_TOKEN} token; the trainer's tokenizers always do")
+    if EOD_TOKEN not in vocab:
+        raise ExportError(f"{tokenizer_json} has no {EOD_TOKEN} token; the trainer's tokenizers always do")
     # Without a padding token (not in every tokenizer) batched evaluation pads with end-of-text.
-    pad = PAD_TOKEN if PAD_TOKEN in vocab else EOS_TOKEN
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
-                                  unk_token=EOS_TOKEN, pad_token=pad, model_max_length=model_max_length)
+    pad = PAD_TOKEN if PAD_TOKEN in vocab else EOD_TOKEN
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), eos_token=EOD_TOKEN, bos_token=EOD_TOKEN,
+                                  unk_token=EOD_TOKEN, pad_token=pad, model_max_length=model_max_length)
     tok.save_pretrained(str(out))
     # AutoTokenizer must build this exact tokenizer.json, not a model-type default (GPTNeoXTokenizer).
     config_path = out / "tokenizer_config.json"

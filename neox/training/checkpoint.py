@@ -19,7 +19,6 @@ for the newest verified one, and cleanup never deletes the newest verified check
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -34,6 +33,7 @@ import torch.distributed as dist
 
 from neox.config import ConfigError, ExperimentConfig, from_dict, save_config
 from neox.model.config import ModelConfig
+from neox.files import atomic_write_text, file_sha256
 from neox.permissions import respect_umask
 
 if TYPE_CHECKING:
@@ -52,9 +52,7 @@ def checkpoint_name(step: int) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=_json_default))
 
 
 def _json_default(obj: Any) -> Any:
@@ -126,10 +124,7 @@ def save_checkpoint(trainer: "Trainer") -> Path:
         if final.exists():  # re-saving the same step (e.g. the final save right after an interval save)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        latest = root / LATEST
-        latest_tmp = root / (LATEST + ".tmp")
-        latest_tmp.write_text(name + "\n")
-        latest_tmp.replace(latest)
+        atomic_write_text(root / LATEST, name + "\n")
         _prune(root, keep_last=trainer.cfg.checkpoint.keep_last, known_good=final)
     _barrier()
     return final
@@ -157,19 +152,11 @@ def full_state_dict(trainer: "Trainer", deepspeed_dir: Path) -> dict[str, torch.
     return module.state_dict() if topo.is_main else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(ckpt: Path, step: int) -> None:
     """Size and sha256 of every file in ``ckpt``; written last, so its presence means the rest is complete."""
     files = {}
     for path in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != MANIFEST):
-        files[path.relative_to(ckpt).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.relative_to(ckpt).as_posix()] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     _write_json(ckpt / MANIFEST, {"format": 1, "step": step, "files": files})
 
 
@@ -201,7 +188,7 @@ def verify_checkpoint(ckpt: Path, checksums: bool = True) -> str | None:
         size = path.stat().st_size
         if size != expected["bytes"]:
             return f"{rel} has {size} bytes, the manifest says {expected['bytes']}"
-        if checksums and _sha256(path) != expected["sha256"]:
+        if checksums and file_sha256(path) != expected["sha256"]:
             return f"{rel} does not match its sha256 in the manifest"
     return None
 
