@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from acodm.alignment import AlignmentConfig
+from acodm.mixers import MIXERS
 from neox.data.loader import rank_batch_sequences
 from neox.errors import ConfigError
 from neox.files import atomic_write_text
@@ -27,7 +28,17 @@ from neox.model.config import ModelConfig
 from neox.model.tensor_parallel import check_tensor_parallel
 from neox.parallel.topology import data_parallel_size
 
+# Each a key of acodm.mixers.MIXERS, whose config dataclass types the section of the same name in MixingConfig.
 MIXING_METHODS = ("static", "odm", "doge", "doremi", "acodm", "acodm_frozen")
+
+# Keys of a ``mixing.<method>`` section that are the run's, not the mixer's: the trainer resolves them before
+# the mixer is built (neox/training/mixing.py), so they are declared here, with their types.
+RUN_LEVEL_MIXER_PARAMS: dict[str, dict[str, Any]] = {
+    # DoReMi's reference model: a run or checkpoint directory of a model trained on the reference weights.
+    "doremi": {"reference": str | None},
+}
+# ``initial_weights: natural`` asks for data.reference_weights, resolved by the trainer like the keys above.
+NATURAL_WEIGHTS = "natural"
 
 
 @dataclass
@@ -87,7 +98,12 @@ class AlignmentSection:
 class MixingConfig:
     method: str = "static"
     update_interval_steps: int = 1  # the blend index is rebuilt from the mixer's weights this often
-    # Parameters of each method, passed to acodm.mixers.build_mixer; only the chosen method's are used.
+    # Parameters of each method, passed to acodm.mixers.build_mixer; only the chosen method's are used. The
+    # keys, their types and their meaning are those of the mixer's own config dataclass (acodm.mixers.MIXERS:
+    # StaticConfig, ODMConfig, ...; each field is documented there), checked on load (``_check_mixer_params``).
+    # A section holds only the keys that were set: the trainer derives some of the unset ones from the run
+    # (AC-ODM's floor from data.min_samples_per_domain, DoReMi's vocab_size from the model), and a saved
+    # config.yml keeps that distinction.
     static: dict[str, Any] = field(default_factory=lambda: {"kind": "uniform"})
     odm: dict[str, Any] = field(default_factory=dict)
     doge: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +123,8 @@ class MixingConfig:
             raise ConfigError(f"mixing.method must be one of {', '.join(MIXING_METHODS)}, got {self.method!r}"
                               + _suggest(self.method, MIXING_METHODS))
         _positive(self, "mixing", ("update_interval_steps",))
+        for method in MIXING_METHODS:
+            setattr(self, method, _check_mixer_params(method, getattr(self, method), chosen=method == self.method))
         if self.target_domains is not None and (not self.target_domains
                                                 or len(set(self.target_domains)) != len(self.target_domains)):
             raise ConfigError(f"mixing.target_domains must be null or a non-empty list of distinct domain names, "
@@ -115,6 +133,34 @@ class MixingConfig:
     @property
     def params(self) -> dict[str, Any]:
         return dict(getattr(self, self.method))
+
+
+def _check_mixer_params(method: str, params: dict[str, Any], chosen: bool) -> dict[str, Any]:
+    """``mixing.<method>`` checked against the mixer's config dataclass: every key known, every value of its
+    type (coerced, as the other sections are) and, for the chosen method, the mixer's own value checks, so a
+    typo fails at load time rather than after the trainer has started. Unset keys stay unset."""
+    config_cls = MIXERS[method][0]
+    hints = typing.get_type_hints(config_cls)
+    run_level = RUN_LEVEL_MIXER_PARAMS.get(method, {})
+    names = [f.name for f in dataclasses.fields(config_cls)] + list(run_level)
+    checked: dict[str, Any] = {}
+    for key, value in params.items():
+        dotted = f"mixing.{method}.{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {dotted!r}" + _suggest(key, names)
+                              + f" (valid keys here: {', '.join(names)})")
+        if key == "initial_weights" and value == NATURAL_WEIGHTS:
+            checked[key] = value
+        else:
+            checked[key] = _coerce(run_level[key] if key in run_level else hints[key], value, dotted)
+    if chosen:
+        mixer_keys = {k: v for k, v in checked.items()
+                      if k not in run_level and not (k == "initial_weights" and v == NATURAL_WEIGHTS)}
+        try:
+            config_cls(**mixer_keys)
+        except ValueError as e:  # the mixers name their keys "mixing.<key>"
+            raise ConfigError(str(e).replace("mixing.", f"mixing.{method}.", 1)) from None
+    return checked
 
 
 @dataclass

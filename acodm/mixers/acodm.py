@@ -172,7 +172,7 @@ class ACODMFrozenConfig:
     warmup_alpha: float = 0.5  # behaviour-policy smoothing
     floor: float = 1e-3  # min weight of every domain
     initial_weights: dict[str, float] | None = None  # weights of step 1; None = uniform
-    device: str = "cpu"
+    device: str = "cpu"  # where the frozen actor runs; "cuda" only pays off at paper size
 
     def __post_init__(self) -> None:
         if not self.actor:
