@@ -59,9 +59,12 @@ Semantics the trainer relies on:
   (pipeline parallelism). Evaluation forwards should run under ``model.eval()`` or after ``reset()``; a
   ``no_grad`` forward of a module in training mode while a micro-batch is open is taken for a first
   checkpoint pass (``reset()`` clears the FIFOs).
-- Tensor parallelism: a row- or column-parallel probe holds a slice of the in or out dimension. Give it
-  a ``ProbeSlice`` (constructor argument ``slices={name: ProbeSlice(...)}``, or an ``alignment_slice``
-  attribute on the module itself). Sketch mode then uses the matching rows of the full-size R, exact
+- Tensor parallelism: a row- or column-parallel probe holds a slice of the in or out dimension. The slice
+  is read off the layer's Megatron-style partition marks (``partition_slice``: the weight's
+  ``tensor_model_parallel`` / ``partition_dim``, the module's full ``in_features`` / ``out_features`` and
+  its ``tp_group``), so the layers need not know the probes; a ``ProbeSlice`` given as the constructor
+  argument ``slices={name: ProbeSlice(...)}``, or as an ``alignment_slice`` attribute on the module, takes
+  precedence (layers without the marks). Sketch mode then uses the matching rows of the full-size R, exact
   mode writes into the slice of a full-size buffer, so the shards' ``packed()`` tensors simply add up in
   the trainer's all-reduce (as data-parallel ranks' do). Probe outputs may be a tuple (output, bias):
   the first element is hooked.
@@ -144,6 +147,40 @@ class ProbeSlice:
     out_full: int | None = None
     in_offset: int = 0
     in_full: int | None = None
+
+
+def partition_slice(module: nn.Module, weight: torch.Tensor) -> ProbeSlice:
+    """The part of the full weight this tensor-parallel shard holds, read off Megatron's partition marks.
+
+    A sharded weight carries ``tensor_model_parallel`` (or DeepSpeed's ``model_parallel``) and
+    ``partition_dim`` (0: output rows, column-parallel; 1: input columns, row-parallel) with contiguous
+    shards (``partition_stride`` 1); the module keeps the full ``out_features`` / ``in_features`` (nn.Linear's
+    names) and the group it is sharded over as ``tp_group`` (None: the default group). Shard r of P holds
+    [r * local, (r + 1) * local). A column-parallel layer that gathers its output (``gather_output``) shows
+    the hooks the full output, so it is described as unsharded, as before.
+    """
+    if not (getattr(weight, "tensor_model_parallel", False) or getattr(weight, "model_parallel", False)):
+        return ProbeSlice()
+    dim = int(weight.partition_dim)
+    if getattr(weight, "partition_stride", 1) != 1:
+        raise ValueError(f"probe weight with partition_stride={weight.partition_stride}: only contiguous "
+                         f"shards (stride 1) are one slice of the full weight")
+    if dim == 0 and getattr(module, "gather_output", False):
+        return ProbeSlice()
+    full_name = "out_features" if dim == 0 else "in_features"
+    if not hasattr(module, full_name):
+        raise ValueError(f"a probe sharded along dim {dim} needs its module's full size as {full_name!r}, or "
+                         f"an explicit ProbeSlice (GradientAlignment(slices=...))")
+    full = int(getattr(module, full_name))
+    local = int(weight.shape[dim])
+    group = getattr(module, "tp_group", None)
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank(group) if initialized else 0
+    size = torch.distributed.get_world_size(group) if initialized else 1
+    assert local * size == full, f"shard of {local} x {size} ranks != full size {full} (partition_dim {dim})"
+    if dim == 0:
+        return ProbeSlice(out_offset=rank * local, out_full=full)
+    return ProbeSlice(in_offset=rank * local, in_full=full)
 
 
 @dataclass
@@ -268,7 +305,8 @@ class GradientAlignment:
             module = named[name]
             weight = _weight_of(module)
             assert weight is not None
-            slice_ = slices.get(name) or getattr(module, "alignment_slice", None) or ProbeSlice()
+            slice_ = (slices.get(name) or getattr(module, "alignment_slice", None)
+                      or partition_slice(module, weight))
             self._probes.append(_Probe(name, module, weight, slice_))
         self.device = torch.device(device) if device is not None else _weight_of(self._probes[0].module).device
         for p in self._probes:

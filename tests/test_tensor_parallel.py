@@ -253,3 +253,18 @@ def test_single_rank_is_the_unsharded_model(reference):
     got = tp(ids)
     torch.testing.assert_close(got, logits, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(vocab_parallel_per_token_loss(got, labels, None), loss_BT, atol=1e-6, rtol=1e-6)
+
+
+def test_probe_slices_come_from_the_partition_marks():
+    """The layers carry only Megatron's partition marks; acodm.alignment reads the slice off them."""
+    from acodm.alignment import ProbeSlice, partition_slice
+
+    col, row = ColumnParallelLinear(4, 6, None), RowParallelLinear(6, 4, None)
+    assert partition_slice(col, col.weight) == ProbeSlice(out_offset=0, out_full=6)
+    assert partition_slice(row, row.weight) == ProbeSlice(in_offset=0, in_full=6)
+    gathered = ColumnParallelLinear(4, 6, None, gather_output=True)  # the hooks see the full output
+    assert partition_slice(gathered, gathered.weight) == ProbeSlice()
+    assert partition_slice(torch.nn.Linear(4, 6), torch.nn.Linear(4, 6).weight) == ProbeSlice()
+    col.weight.partition_stride = 2
+    with pytest.raises(ValueError, match="partition_stride=2"):
+        partition_slice(col, col.weight)

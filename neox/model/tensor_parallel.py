@@ -32,7 +32,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from acodm.alignment import ProbeSlice
 from neox.errors import ConfigError
 from neox.model.config import ModelConfig
 from neox.model.gpt_neox import MLP, Attention, GPTNeoX, RotaryEmbedding, build_model
@@ -197,15 +196,11 @@ class ColumnParallelLinear(nn.Module):
         self.tp_group = tp_group
         self.in_features, self.out_features = in_features, out_features
         self.gather_output = gather_output
-        size, rank = _size(tp_group), _rank(tp_group)
+        size = _size(tp_group)
         self.out_local = _divide(out_features, size, "ColumnParallelLinear out_features")
         self.weight = nn.Parameter(torch.empty(self.out_local, in_features, device=device, dtype=dtype))
         self.bias = (nn.Parameter(torch.empty(self.out_local, device=device, dtype=dtype)) if bias else None)
         self.mark_parameters()
-        # Gradient-alignment probes read (grad of output, input); with a gathered output the grad would
-        # cover every shard's rows, so only the un-gathered layout describes itself as a slice.
-        self.alignment_slice = (ProbeSlice(out_offset=rank * self.out_local, out_full=out_features)
-                                if not gather_output else None)
 
     def mark_parameters(self) -> None:
         _mark_sharded(self.weight, 0)
@@ -233,14 +228,11 @@ class RowParallelLinear(nn.Module):
         self.tp_group = tp_group
         self.in_features, self.out_features = in_features, out_features
         self.input_is_parallel = input_is_parallel
-        size, rank = _size(tp_group), _rank(tp_group)
+        size = _size(tp_group)
         self.in_local = _divide(in_features, size, "RowParallelLinear in_features")
         self.weight = nn.Parameter(torch.empty(out_features, self.in_local, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         self.mark_parameters()
-        # The probe hook sees this module's input (the local slice) and the grad of its output (full,
-        # identical on every rank): the shard's statistic is the in-slice block of the full one.
-        self.alignment_slice = ProbeSlice(in_offset=rank * self.in_local, in_full=in_features)
 
     def mark_parameters(self) -> None:
         _mark_sharded(self.weight, 1)  # the bias stays unmarked: replicated, counted once by DeepSpeed
