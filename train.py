@@ -47,8 +47,14 @@ def main(argv: list[str] | None = None, exit_at_once: bool = False) -> int:
 
     from neox.data import DataFileError
     from neox.training.checkpoint import CheckpointError
+    from neox.training.ds_compat import UnsupportedDeepSpeedError, check_deepspeed_version
     from neox.training.ds_ops import OpBuildError
     from neox.training.signals import TrainingInterrupted, exit_now
+
+    try:  # the pipeline step patches DeepSpeed internals checked against one release range
+        check_deepspeed_version()
+    except UnsupportedDeepSpeedError as e:
+        return _fail(f"error: {e}", 2)
     from neox.training.trainer import Trainer  # deferred: torch/deepspeed imports are slow
 
     # Start-up problems with the user's inputs (data, tokenizer, actor, run directory, checkpoints) are one line

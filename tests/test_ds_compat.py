@@ -44,3 +44,15 @@ def test_pyproject_and_requirements_declare_the_checked_range():
     pins = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
             if line.startswith("deepspeed")]
     assert pins == [f"deepspeed=={DEEPSPEED_MIN}"]
+
+
+def test_train_refuses_an_unsupported_deepspeed_in_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    monkeypatch.setattr("neox.training.ds_compat.metadata.version", lambda name: "0.16.4")
+    assert train.main([str(ROOT / "configs" / "demo_cpu.yml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "0.16.4" in err[0] and "deepspeed>=" in err[0], err
