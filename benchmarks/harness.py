@@ -40,15 +40,14 @@ def build_trainer(config: str | Path, overrides: list[str], run_dir: Path | None
 
 def one_step(trainer) -> float:
     """Seconds for one optimizer step including the mixer's update (what a training step costs)."""
-    from neox.training.callbacks import MixingCallback
-
     sync = _sync_fn(trainer.device)
     sync()
     start = time.perf_counter()
     record = {"lr": trainer.scheduler.get_last_lr()[0]}  # the LR in force, as the trainer's step record has it
     stats = trainer.train_step(trainer.loader.next_step())
     trainer.step += 1
-    MixingCallback().post_step(trainer, stats, record)
+    record.update(trainer.mixing.observe(trainer.step, stats, record["lr"]))
+    trainer.plan.set_weights(trainer.mixing.weights)
     sync()
     return time.perf_counter() - start
 

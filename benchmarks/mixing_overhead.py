@@ -46,9 +46,9 @@ def extra_memory_bytes(trainer) -> int:
     """Memory a variant holds beyond static mixing: probe statistics and the actor-critic (parameters, Adam
     state, targets) and its replay buffer."""
     total = 0
-    if trainer.statistics.alignment is not None:
-        total += trainer.statistics.alignment.memory_bytes()
-    ddpg = getattr(trainer.mixer, "ddpg", None)
+    if trainer.mixing.statistics.alignment is not None:
+        total += trainer.mixing.statistics.alignment.memory_bytes()
+    ddpg = getattr(trainer.mixing.mixer, "ddpg", None)
     if ddpg is not None:
         import torch
 
@@ -57,7 +57,7 @@ def extra_memory_bytes(trainer) -> int:
         for opt in (ddpg.actor_opt, ddpg.critic_opt):
             for state in opt.state.values():
                 total += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
-        replay = trainer.mixer.replay
+        replay = trainer.mixing.mixer.replay
         total += sum(a.nbytes for a in (replay.states, replay.actions, replay.rewards, replay.next_states))
     return total
 
@@ -65,7 +65,7 @@ def extra_memory_bytes(trainer) -> int:
 def prefill_replay(trainer) -> None:
     """Random transitions, so every timed step runs a full actor update on a minibatch (a run does once its
     replay holds ``batch_size`` steps, i.e. from early in the run on)."""
-    mixer = trainer.mixer
+    mixer = trainer.mixing.mixer
     replay = getattr(mixer, "replay", None)
     if replay is None:
         return
@@ -82,7 +82,7 @@ def breakdown(trainer, repeats: int) -> dict[str, float]:
     """Median ms of the pieces of an AC-ODM step that a static step does not have."""
     from acodm.mixers.base import StepStats
 
-    alignment = trainer.statistics.alignment
+    alignment = trainer.mixing.statistics.alignment
     stats = trainer.train_step(trainer.loader.next_step())
     trainer.step += 1
     pieces: dict[str, list[float]] = {"gram from statistics": [], "probe norms": [], "mixer observe (actor update)": []}
@@ -91,11 +91,11 @@ def breakdown(trainer, repeats: int) -> dict[str, float]:
         packed = alignment.packed().double()
         alignment.gram(packed, stats.token_count)
         t1 = time.perf_counter()
-        norms = trainer.probe_norms()
+        norms = trainer.mixing.probe_norms()
         t2 = time.perf_counter()
-        trainer.mixer.observe(StepStats(step=trainer.step, total_steps=trainer.total_steps, loss_sum=stats.loss_sum,
-                                        token_count=stats.token_count, sample_count=stats.sample_count,
-                                        gram=stats.gram, probe_norms=norms))
+        trainer.mixing.mixer.observe(StepStats(step=trainer.step, total_steps=trainer.total_steps,
+                                               loss_sum=stats.loss_sum, token_count=stats.token_count,
+                                               sample_count=stats.sample_count, gram=stats.gram, probe_norms=norms))
         t3 = time.perf_counter()
         trainer.step += 1
         pieces["gram from statistics"].append(t1 - t0)
@@ -130,7 +130,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         med = interleaved(trainers, rounds=args.rounds)
         n_params = sum(p.numel() for p in trainers["static"].engine.module.parameters())
-        acodm_cfg = trainers["acodm_sketch"].mixer.config
+        acodm_cfg = trainers["acodm_sketch"].mixing.mixer.config
         print(f"\n{shape}: {n_params / 1e6:.1f}M params, actor-critic {acodm_cfg.hidden_size} x "
               f"{acodm_cfg.num_hidden_layers} (actor minibatch {acodm_cfg.batch_size}), "
               f"batch {trainers['static'].cfg.data.global_batch_sequences} x "

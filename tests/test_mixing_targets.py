@@ -41,15 +41,15 @@ def test_mixer_observes_the_weights_in_force(synthetic_data, tmp_path):
         "method": "doge", "update_interval_steps": 3, "alignment": {"mode": "exact"}}))
     trainer = _trainer(cfg)
     seen, proposals = [], []
-    observe = trainer.mixer.observe
+    observe = trainer.mixing.mixer.observe
 
     def spy(stats):
         seen.append(np.asarray(stats.weights).copy())
         out = observe(stats)
-        proposals.append(trainer.mixer.weights())
+        proposals.append(trainer.mixing.mixer.weights())
         return out
 
-    trainer.mixer.observe = spy
+    trainer.mixing.mixer.observe = spy
     trainer.fit()
     in_force = [np.array([r[f"weights/{d}"] for d in trainer.domains]) for r in read_metrics(tmp_path / "run")]
     assert len(seen) == len(in_force) == 6
@@ -64,11 +64,11 @@ def test_heldout_target_is_probed_not_trained(heldout_data, tmp_path):
     trainer = _trainer(cfg)
     assert trainer.domains == ["domain_00", "domain_01"] and trainer.target_only == ["domain_02"]
     # the probe's backward reaches the statistics, never a parameter's .grad
-    trainer.statistics.reset()
+    trainer.mixing.statistics.reset()
     trainer._probe_targets()
     params = list(trainer.engine.module.parameters())
     assert all(p.grad is None or not p.grad.any() for p in params)
-    reduced = trainer.statistics.reduce()
+    reduced = trainer.mixing.statistics.reduce()
     assert reduced.token_count[2] > 0 and reduced.token_count[:2].sum() == 0
     assert reduced.gram[2, 2] > 0 and reduced.gram[:2].sum() == 0
     trainer.fit()
@@ -89,7 +89,7 @@ def test_cross_step_gram_survives_a_resume(synthetic_data, tmp_path):
     _trainer(cfg_b).fit()
     interrupt_after(tmp_path / "b", 3, later_checkpoints=[6])
     resumed = _trainer(cfg_b, "checkpoint.resume=auto")
-    assert resumed.statistics._previous is not None
+    assert resumed.mixing.statistics._previous is not None
     resumed.fit()
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [r["mixer/reward"] for r in a if "mixer/reward" in r] == pytest.approx(

@@ -137,7 +137,7 @@ def test_refuses_to_overwrite_a_run(synthetic_data, tmp_path):
     run_dir = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yml", tiny_config(synthetic_data, run_dir))
     trainer = train_in_process(cfg, "schedule.train_steps=2")
-    assert trainer.statistics.alignment is None  # static mixing: no probe hooks, nothing collected
+    assert trainer.mixing.statistics.alignment is None  # static mixing: no probe hooks, nothing collected
     with pytest.raises(FileExistsError, match="checkpoint.resume=auto"):
         train_in_process(cfg, "schedule.train_steps=2")
 
@@ -279,7 +279,8 @@ def test_doremi_with_a_reference_model(synthetic_data, tmp_path):
     run_dir = tmp_path / "doremi"
     cfg = tiny_config(synthetic_data, run_dir, mixing={"method": "doremi", "doremi": {"reference": str(ref_dir)}})
     trainer = train_in_process(write_config(tmp_path / "d.yml", cfg))
-    assert trainer.statistics.reference_model is not None and trainer.statistics.alignment is None
+    statistics = trainer.mixing.statistics
+    assert statistics.reference_model is not None and statistics.alignment is None
     recs = read_metrics(run_dir)
     w = np.array([[r[f"weights/domain_0{k}"] for k in range(3)] for r in recs])
     assert np.abs(w[-1] - w[0]).max() > 1e-3  # the excess losses moved the weights

@@ -29,7 +29,7 @@ def test_proxy_to_target(synthetic_data, tmp_path):
                          mixing={"method": "acodm_frozen",
                                  "acodm_frozen": {"actor": str(actor_dir), "warmup_steps": 2}})
     trainer = train_in_process(write_config(tmp_path / "target.yml", target))
-    assert trainer.statistics.alignment is None  # a frozen actor needs no gradient statistics
+    assert trainer.mixing.statistics.alignment is None  # a frozen actor needs no gradient statistics
     recs = read_metrics(target_dir)
     weights = np.array([[r[f"weights/domain_0{k}"] for k in range(3)] for r in recs])
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-9)

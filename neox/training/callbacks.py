@@ -11,19 +11,26 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 import torch.distributed as dist
 
-from acodm.mixers.base import StepStats
 from neox.training.checkpoint import save_checkpoint
 from neox.training.stats import ReducedStats
 
 if TYPE_CHECKING:
+    from neox.training.mixing import Mixing
     from neox.training.trainer import Trainer
 
 
 class Callback:
+    """A callback with state across steps returns it from ``state_dict`` (saved with the checkpoint, see
+    ``CallbackStates``); the default has none."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        pass
+
     def on_fit_start(self, trainer: "Trainer") -> None:
         pass
 
@@ -35,53 +42,42 @@ class Callback:
 
 
 class MixingCallback(Callback):
-    """The mixer observes the step on rank 0; its weights are broadcast and, every
-    ``mixing.update_interval_steps`` steps, handed to the data plan for the next segment."""
+    """The adapter between the loop and the mixing component: the step's reduced statistics go in, the weights
+    in force go to the data plan (``MixturePlan.set_weights`` ignores weights it already has)."""
+
+    def __init__(self, mixing: "Mixing") -> None:
+        self.mixing = mixing
 
     def post_step(self, trainer: "Trainer", stats: ReducedStats, record: dict[str, Any]) -> None:
-        interval = trainer.cfg.mixing.update_interval_steps
-        weights = np.zeros(trainer.num_domains, dtype=np.float64)
-        norms = None if stats.nonfinite else trainer.step_probe_norms  # read before the update
-        if trainer.topology.is_main:
-            if stats.nonfinite:
-                record["mixer/skipped_nonfinite"] = 1.0  # the mixer never sees a step that was not applied
-            else:
-                record.update(trainer.mixer.observe(mixer_step_stats(trainer, stats, norms, record["lr"])))
-            weights = np.asarray(trainer.mixer.weights(), dtype=np.float64)
-        if trainer.step % interval == 0:
-            trainer.set_weights(broadcast_weights(weights, trainer.device))
+        record.update(self.mixing.observe(trainer.step, stats, record["lr"]))
+        trainer.plan.set_weights(self.mixing.weights)
 
 
-def mixer_step_stats(trainer: "Trainer", stats: ReducedStats, norms: np.ndarray | None, lr: float) -> StepStats:
-    """What the mixer sees of a step: the training domains' statistics, the weights the batch was drawn
-    with (``trainer.weights``, replaced only after this) and each domain's alignment with the targets."""
-    K = trainer.num_domains
-    target = mask = None
-    if stats.gram is not None:
-        targets = trainer.cfg.mixing.target_domains
-        if targets:
-            # Statistics index training domains then probed target-only ones: the target direction is the
-            # sum of the targets' gradients wherever they sit.
-            target = stats.gram[:K, [trainer.val_domains.index(d) for d in targets]].mean(axis=1)
-            mask = np.array([d in targets for d in trainer.domains], dtype=np.float64)
-    return StepStats(step=trainer.step, total_steps=trainer.total_steps, probe_norms=norms,
-                     weights=trainer.weights.copy(), target_alignment=target,
-                     num_targets=len(trainer.cfg.mixing.target_domains or []) or None, target_mask=mask, lr=lr,
-                     **stats.training_domains(K))
+class CallbackStates:
+    """The callbacks' states as one stateful part of a checkpoint: each one's ``state_dict`` under its class
+    name, the callbacks without state left out."""
 
+    def __init__(self, callbacks: list[Callback]) -> None:
+        self.callbacks = callbacks
 
-def broadcast_weights(weights: np.ndarray, device: torch.device) -> np.ndarray:
-    """Rank 0's K weights to every rank (the plan must agree everywhere)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return weights
-    t = torch.as_tensor(weights, dtype=torch.float64, device=device)
-    dist.broadcast(t, src=0)
-    return t.cpu().numpy()
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        return {type(cb).__name__: sd for cb in self.callbacks if (sd := cb.state_dict())}
+
+    def load_state_dict(self, sd: dict[str, dict[str, Any]]) -> None:
+        for cb in self.callbacks:
+            if type(cb).__name__ in sd:
+                cb.load_state_dict(sd[type(cb).__name__])
 
 
 class EvalCallback(Callback):
     def __init__(self) -> None:
-        self._last_eval_step = -1
+        self._last_eval_step = -1  # a run resumed at a step evaluated before it does not evaluate it again
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_eval_step": self._last_eval_step}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self._last_eval_step = sd["last_eval_step"]
 
     def _run(self, trainer: "Trainer") -> None:
         if trainer.step == self._last_eval_step:

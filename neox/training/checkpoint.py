@@ -5,8 +5,11 @@ A checkpoint is a directory ``RUN_DIR/checkpoints/step_XXXXXXXX/`` holding
 - ``deepspeed/``: DeepSpeed's model, optimizer and LR-scheduler state (every rank writes its part);
 - ``model.safetensors``: the full model weights in fp32 under transformers' GPTNeoX names (export, eval,
   DoReMi reference models read this and need no DeepSpeed);
-- ``trainer.json`` (step, tokens, counters, RNG states), ``data.json`` (the plan's cursors and step),
-  ``mixer/`` (the mixer's state, safetensors + JSON, rank 0) and ``config.yml`` (the resolved config).
+- the state of the run's stateful parts (``Trainer.states``), each in its place (``STATE_FILES``):
+  ``trainer.json`` (step, tokens, counters, RNG states, and the mixing component's weights in force),
+  ``data.json`` (the plan's cursors and step), ``mixer/`` and ``statistics/`` (the mixing component's mixer
+  and step statistics, safetensors + JSON), ``callbacks.json`` (the callbacks' own state); rank 0 writes them;
+- ``config.yml`` (the resolved config).
 
 It is written under ``step_XXXXXXXX.tmp`` and renamed when complete; ``checkpoints/latest`` (a text file
 naming the directory) is replaced last, so a run killed mid-write resumes from the previous checkpoint.
@@ -108,14 +111,9 @@ def save_checkpoint(trainer: "Trainer") -> Path:
     if main:
         from safetensors.torch import save_file
 
-        from acodm.serialization import save_state
-
         weights = {k: v.detach().float().cpu().contiguous() for k, v in weights.items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(trainer.step)})
-        _write_json(tmp / "trainer.json", {**trainer.state_dict(), MANIFEST: True})  # a lost manifest is seen
-        _write_json(tmp / "data.json", trainer.loader.state_dict())
-        save_state(tmp / "mixer", trainer.mixer.state_dict())
-        save_state(tmp / "statistics", trainer.statistics.state_dict())
+        save_states(tmp, trainer.states())
         save_config(trainer.cfg, tmp / "config.yml")
     _barrier()  # every rank's DeepSpeed files are on disk before the manifest lists them
     if main:
@@ -128,6 +126,42 @@ def save_checkpoint(trainer: "Trainer") -> Path:
         _prune(root, keep_last=trainer.cfg.checkpoint.keep_last, known_good=final)
     _barrier()
     return final
+
+
+# Where each stateful part's state lies in a checkpoint. The files predate the mixing component: its weights in
+# force stay in trainer.json, its mixer and statistics in their own directories, so older checkpoints still load.
+STATE_FILES = {"trainer": "trainer.json", "data": "data.json", "mixing.mixer": "mixer",
+               "mixing.statistics": "statistics", "callbacks": "callbacks.json"}
+
+
+def save_states(ckpt: Path, states: dict[str, Any]) -> None:
+    """Each part's ``state_dict()`` into ``ckpt`` (``STATE_FILES``); the main rank's work."""
+    from acodm.serialization import save_state
+
+    sd = {name: part.state_dict() for name, part in states.items()}
+    mixing = sd["mixing"]
+    # MANIFEST: True lets a lost manifest be told from a checkpoint written before manifests existed.
+    _write_json(ckpt / STATE_FILES["trainer"], {**sd["trainer"], "weights": mixing["weights"], MANIFEST: True})
+    _write_json(ckpt / STATE_FILES["data"], sd["data"])
+    save_state(ckpt / STATE_FILES["mixing.mixer"], mixing["mixer"])
+    save_state(ckpt / STATE_FILES["mixing.statistics"], mixing["statistics"])
+    _write_json(ckpt / STATE_FILES["callbacks"], sd["callbacks"])
+
+
+def load_states(ckpt: Path, states: dict[str, Any]) -> None:
+    """Each part's ``load_state_dict`` from ``ckpt``, in the order: trainer (its RNG states), data, mixing,
+    callbacks. A checkpoint written before ``statistics/`` or ``callbacks.json`` existed starts those anew."""
+    from acodm.serialization import load_state
+
+    trainer = _read_json(ckpt / STATE_FILES["trainer"])
+    states["trainer"].load_state_dict(trainer)
+    states["data"].load_state_dict(_read_json(ckpt / STATE_FILES["data"]))
+    statistics = ckpt / STATE_FILES["mixing.statistics"]
+    states["mixing"].load_state_dict({"weights": trainer["weights"],
+                                      "mixer": load_state(ckpt / STATE_FILES["mixing.mixer"]),
+                                      "statistics": load_state(statistics) if statistics.exists() else None})
+    if (ckpt / STATE_FILES["callbacks"]).is_file():
+        states["callbacks"].load_state_dict(_read_json(ckpt / STATE_FILES["callbacks"]))
 
 
 def full_state_dict(trainer: "Trainer", deepspeed_dir: Path) -> dict[str, torch.Tensor] | None:
@@ -287,19 +321,13 @@ def cleanup_partial(run_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(trainer: "Trainer", ckpt: Path) -> None:
-    """Collective: restore engine, trainer counters, data plan and mixer from ``ckpt``."""
-    from acodm.serialization import load_state
-
+    """Collective: restore DeepSpeed's state, then every stateful part of the run (``Trainer.states``)."""
     trainer.check_layout(_read_json(ckpt / "trainer.json"))
     load_path, _ = trainer.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_optimizer_states=True,
                                                   load_lr_scheduler_states=True)
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed found no state in {ckpt / 'deepspeed'}")
-    trainer.load_state_dict(_read_json(ckpt / "trainer.json"))
-    trainer.loader.load_state_dict(_read_json(ckpt / "data.json"))
-    trainer.mixer.load_state_dict(load_state(ckpt / "mixer"))
-    if (ckpt / "statistics").exists():  # written since the cross-step Gram; older checkpoints start it anew
-        trainer.statistics.load_state_dict(load_state(ckpt / "statistics"))
+    load_states(ckpt, trainer.states())
     _resync_lr(trainer.scheduler, trainer.cfg.optimizer.lr)
 
 

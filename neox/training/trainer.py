@@ -21,13 +21,13 @@ from neox.model.gpt_neox import (GPTNeoX, add_domain_sums, check_attention_backe
                                  init_weights, per_token_loss)
 from neox.parallel.topology import Topology
 from neox.training import checkpoint as ckpt_io
-from neox.training.callbacks import (Callback, CheckpointCallback, EvalCallback, MetricsCallback,
+from neox.training.callbacks import (Callback, CallbackStates, CheckpointCallback, EvalCallback, MetricsCallback,
                                      MixingCallback)
 from neox.training.distributed import init_distributed
 from neox.training.engine import build_engine
 from neox.training.metrics import MetricsWriter
 from neox.training.signals import StopSignals, TrainingInterrupted
-from neox.training.mixing import build_run_mixer, build_statistics
+from neox.training.mixing import Mixing, build_run_mixer, build_statistics
 from neox.training.stats import ReducedStats
 
 
@@ -87,9 +87,9 @@ class Trainer:
             raise ConfigError(f"the validation set has {self.val.num_samples} sequences, fewer than the "
                               f"{dp_size} pipelines; raise eval.val_samples_per_domain")
 
-        self.mixer = build_run_mixer(cfg, self.domains, self.corpus.manifest)
+        mixer = build_run_mixer(cfg, self.domains, self.corpus.manifest)
         self.target_corpus = None
-        if self.target_only and self.mixer.needs.alignment:
+        if self.target_only and mixer.needs.alignment:
             if self.topology.pipe > 1:
                 raise ConfigError(f"mixing.target_domains {self.target_only} are not training domains; their "
                                   f"gradient probe needs parallel.pipe=1")
@@ -102,25 +102,24 @@ class Trainer:
             cfg, model, dp_size, self.device, mpu=self.topology.mpu if self.topology.pipe == 1 else None)
         # Statistics index the training domains, then the probed target-only domains (if any).
         self.num_stat_domains = self.num_domains + (len(self.target_only) if self.target_corpus else 0)
-        self.statistics = build_statistics(cfg, self.mixer.needs, self.engine.module, self.num_stat_domains,
-                                           self.device)
+        statistics = build_statistics(cfg, mixer.needs, self.engine.module, self.num_stat_domains, self.device)
+        self.mixing = Mixing(cfg, mixer, statistics, self.engine.module, self.topology, self.domains,
+                             self.val_domains, self.device)
         if self.topology.pipe > 1:
             self._install_pipeline_hooks()
         if cfg.model.compile:  # after the probes' hooks exist: the modules carrying them stay eager
             compile_layers(self.engine.module)
-        self._state_probes = None  # names of the probe matrices whose norms feed the AC-ODM state
-        self.step_probe_norms: np.ndarray | None = None  # read before this step's optimizer update
 
         self.plan = MixturePlan(samples_per_epoch=[ds.num_samples for ds in self.corpus.datasets],
                                 global_batch_sequences=data.global_batch_sequences, seed=cfg.seed,
                                 min_samples_per_domain=data.min_samples_per_domain)
         self.loader = MicroBatchLoader(self.corpus, self.plan, dp_rank=self.topology.dp_rank, dp_size=dp_size,
                                        micro_batch_sequences=data.micro_batch_sequences)
-        self.weights = np.asarray(self.mixer.weights(), dtype=np.float64)
-        self.plan.set_weights(self.weights)
+        self.plan.set_weights(self.mixing.weights)
 
         self.checkpointer = CheckpointCallback()
-        self.callbacks: list[Callback] = [MixingCallback(), EvalCallback(), MetricsCallback(), self.checkpointer]
+        self.callbacks: list[Callback] = [MixingCallback(self.mixing), EvalCallback(), MetricsCallback(),
+                                          self.checkpointer]
         self.metrics: MetricsWriter | None = None
         self._prepare_run_dir()
 
@@ -175,8 +174,7 @@ class Trainer:
         optimizer_step = instructions[schedule.OptimizerStep]
 
         def reduce_then_step(eng, **kwargs):
-            self._reduced = self.statistics.reduce(self.topology.world_group)
-            self._read_probe_norms()
+            self._reduced = self.mixing.reduce(self.topology.world_group)
             self.optimizer.skip_next = self._reduced.nonfinite
             return optimizer_step(eng, **kwargs)
 
@@ -185,14 +183,14 @@ class Trainer:
 
     def _on_pipeline_micro_batch(self, domain_B: torch.Tensor, seq_len_tokens: int) -> None:
         grad_accum = self.engine.gradient_accumulation_steps()
-        self.statistics.begin_micro_batch(domain_B, seq_len_tokens, grad_scale=domain_B.shape[0] * seq_len_tokens
-                                          * grad_accum / self._loss_scale())
+        self.mixing.statistics.begin_micro_batch(domain_B, seq_len_tokens, grad_scale=domain_B.shape[0]
+                                                 * seq_len_tokens * grad_accum / self._loss_scale())
 
     def _on_pipeline_token_loss(self, token_loss_BT: torch.Tensor, domain_B: torch.Tensor,
                                 labels_BT: torch.Tensor) -> None:
         # Evaluation reads DomainLoss.totals() instead; tensor-parallel ranks hold the same losses.
         if self.engine.module.training and self.topology.counts_losses:
-            self.statistics.add_losses(token_loss_BT, domain_B, None, labels_BT)
+            self.mixing.statistics.add_losses(token_loss_BT, domain_B, None, labels_BT)
 
     def _prepare_run_dir(self) -> None:
         """Pick the checkpoint to resume (rank 0 decides: the newest verified one), load it, and only then
@@ -283,7 +281,7 @@ class Trainer:
             cb.on_fit_start(self)
         while self.step < self.total_steps:
             started = time.perf_counter()
-            weights_in_force, lr = self.weights, self.scheduler.get_last_lr()[0]
+            weights_in_force, lr = self.mixing.weights, self.scheduler.get_last_lr()[0]
             stats = self.train_step(self.loader.next_step())
             self.step += 1
             step_tokens = self.cfg.data.global_batch_sequences * self.cfg.data.seq_len_tokens
@@ -318,7 +316,7 @@ class Trainer:
 
     def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> ReducedStats:
         """Forward/backward over this rank's micro-batches, one all-reduce of the statistics, one update."""
-        engine, stats = self.engine, self.statistics
+        engine, stats = self.engine, self.mixing.statistics
         grad_accum = len(micro_batches)
         stats.reset()
         if self.topology.pipe > 1:
@@ -341,8 +339,7 @@ class Trainer:
                 if i == grad_accum - 1:
                     # After the last backward, before the update: one collective for every statistic, and
                     # the whole job agrees on whether this step may be applied.
-                    reduced = stats.reduce(self.topology.world_group)
-                    self._read_probe_norms()
+                    reduced = self.mixing.reduce(self.topology.world_group)
                     self.optimizer.skip_next = reduced.nonfinite
                 engine.step()
         assert reduced is not None
@@ -376,11 +373,12 @@ class Trainer:
         tokens_BS1 = torch.from_numpy(gather_samples(corpus, domain_b, sample_b)).to(self.device)
         domain_B = torch.from_numpy(domain_b + K).to(self.device)
         inputs_BS, labels_BS = tokens_BS1[:, :-1], tokens_BS1[:, 1:]
-        self.statistics.begin_micro_batch(domain_B, labels_BS.shape[1], grad_scale=1.0)  # backward of the SUM
+        stats = self.mixing.statistics
+        stats.begin_micro_batch(domain_B, labels_BS.shape[1], grad_scale=1.0)  # backward of the SUM
         token_loss_BS = self._token_loss(self.engine.module(inputs_BS), labels_BS)
         if self.topology.counts_losses:
-            self.statistics.add_losses(token_loss_BS.detach(), domain_B, inputs_BS, labels_BS)
-        torch.autograd.grad(token_loss_BS.float().sum(), self.statistics.alignment.probe_weights())
+            stats.add_losses(token_loss_BS.detach(), domain_B, inputs_BS, labels_BS)
+        torch.autograd.grad(token_loss_BS.float().sum(), stats.alignment.probe_weights())
 
     def _train_step_pipeline(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> ReducedStats:
         """One ``engine.train_batch``: the first stage reads the inputs, the last the labels; the domain ids
@@ -418,43 +416,6 @@ class Trainer:
         for e, name in enumerate(self.target_only if self.target_corpus is not None else []):
             record[f"target_probe_loss/{name}"] = float(mean_loss[K + e])
         return record
-
-    def set_weights(self, weights: np.ndarray) -> None:
-        self.weights = np.asarray(weights, dtype=np.float64)
-        self.plan.set_weights(self.weights)
-
-    def _read_probe_norms(self) -> None:
-        """AC-ODM's state reads the probe matrices' norms before the optimizer step, as the reference does
-        (DANG-ai/AC-ODM megatron/training.py L880 then L897): the weights the step's gradients were taken at."""
-        self.step_probe_norms = self.probe_norms() if self.mixer.needs.probe_norms else None
-
-    def probe_norms(self) -> np.ndarray:
-        """Norms of the probe matrices that feed AC-ODM's state. A collective under pipeline or tensor
-        parallelism (each probe's squared norm is summed over the stages and shards holding it)."""
-        from acodm.alignment import default_state_probes, probe_weight_norms
-
-        module, topo = self.engine.module, self.topology
-        if self._state_probes is None:
-            # AC-ODM's state spec fixes how many probe matrices it reads (acodm.num_probe_layers, or the
-            # exported actor's count for a frozen run). Names are the whole model's.
-            from neox.model.gpt_neox import build_model
-
-            self._state_probes = default_state_probes(build_model(self.cfg.model, device="meta"),
-                                                      count=self.mixer.spec.num_probes)
-        if not topo.is_model_parallel:
-            return probe_weight_norms(module, self._state_probes).double().cpu().numpy()
-        if topo.pipe > 1:
-            from neox.model.pipeline import hf_named_view
-
-            module = hf_named_view(module, self.cfg.model.num_layers)
-        local = {n for n, _ in module.named_modules()}
-        sq = torch.zeros(len(self._state_probes), dtype=torch.float64, device=self.device)
-        if topo.dp_rank == 0:  # replicas hold the same weights; one of them counts
-            for i, name in enumerate(self._state_probes):
-                if name in local:  # this stage holds it (a TP shard holds a slice of every probe)
-                    sq[i] = probe_weight_norms(module, [name], squared=True)[0].double()
-        dist.all_reduce(sq, op=dist.ReduceOp.SUM)
-        return sq.sqrt().cpu().numpy()
 
     # ------------------------------------------------------------------------------------------ evaluation
 
@@ -508,10 +469,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ state
 
+    def states(self) -> dict[str, Any]:
+        """The run's stateful parts, each with ``state_dict`` / ``load_state_dict``: what a checkpoint saves
+        besides DeepSpeed's model, optimizer and scheduler state (neox/training/checkpoint.py places them)."""
+        return {"trainer": self, "data": self.loader, "mixing": self.mixing,
+                "callbacks": CallbackStates(self.callbacks)}
+
     def state_dict(self) -> dict[str, Any]:
+        """The loop's counters, the domains and layout (checked on load) and the RNG states."""
         return {"step": self.step, "tokens": self.tokens, "nonfinite_in_row": self.nonfinite_in_row,
-                "skipped_steps": self.skipped_steps, "weights": self.weights.tolist(), "domains": self.domains,
-                "parallel": self._layout(), "rng": ckpt_io.rng_state()}
+                "skipped_steps": self.skipped_steps, "domains": self.domains, "parallel": self._layout(),
+                "rng": ckpt_io.rng_state()}
 
     def _layout(self) -> dict[str, int]:
         return {"pipe": self.topology.pipe, "tensor": self.topology.tensor, "data": self.topology.data}
@@ -532,6 +500,5 @@ class Trainer:
         self.check_layout(sd)
         self.step, self.tokens = sd["step"], sd["tokens"]
         self.nonfinite_in_row, self.skipped_steps = sd["nonfinite_in_row"], sd["skipped_steps"]
-        self.weights = np.asarray(sd["weights"], dtype=np.float64)
         ckpt_io.set_rng_state(sd["rng"])
 
