@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -15,11 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def temporary_directory(prefix: str) -> Path:
+    """A temporary directory removed when the benchmark's process exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def synthetic_data(num_domains: int, vocab_size: int, docs_per_domain: int = 200, mean_doc_tokens: int = 512) -> Path:
     """Random-token domains for a benchmark (kept in a temporary directory for the process's life)."""
     from tests.synthetic_data import write_synthetic_domains
 
-    out = Path(tempfile.mkdtemp(prefix="acodm-bench-")) / "tokens"
+    out = temporary_directory("acodm-bench-") / "tokens"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         write_synthetic_domains(str(out), num_domains, docs_per_domain, vocab_size, seed=0,
@@ -32,7 +41,7 @@ def build_trainer(config: str | Path, overrides: list[str], run_dir: Path | None
     from neox.config import load_config
     from neox.training.trainer import Trainer
 
-    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="acodm-bench-run-"))
+    run_dir = run_dir or temporary_directory("acodm-bench-run-")
     cfg = load_config(config, [*overrides, f"logging.run_dir={run_dir}", "logging.progress_bar=false",
                                "logging.tensorboard=false", "checkpoint.save_final=false"])
     return Trainer(cfg)

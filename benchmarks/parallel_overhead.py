@@ -75,19 +75,17 @@ def main() -> int:
     if args.nproc < 2 or args.nproc % 2:
         parser.error("--nproc must be an even number >= 2 (tensor=2 and pipe=2 need pairs)")
 
-    import tempfile
-
     import torch.multiprocessing as mp
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from harness import init_single_process
+    from harness import init_single_process, temporary_directory
 
     init_single_process()
     from neox.training.distributed import _free_port
 
     vocab = int(next(o.split("=")[1] for o in SHAPES[args.shape] if o.startswith("model.vocab_size=")))
     data = synthetic_data(num_domains=4, vocab_size=vocab)
-    out = Path(tempfile.mkdtemp(prefix="acodm-bench-par-")) / "result.json"
+    out = temporary_directory("acodm-bench-par-") / "result.json"
     mp.spawn(_worker, args=(args.nproc, _free_port(), args, str(data), str(out)), nprocs=args.nproc, join=True)
     rows = json.loads(out.read_text())
     print(f"{args.nproc} processes, {args.device}, shape {args.shape}, mixing {args.method}, "
