@@ -3,8 +3,8 @@
 Three places reach past DeepSpeed's public API, each read in DeepSpeed 0.19.8:
 
 - the pipeline step replaces the optimizer-step entry of ``PipelineEngine._INSTRUCTION_MAP`` on the engine
-  instance (``Trainer._install_pipeline_hooks``), so the statistics are reduced after every stage's last
-  backward;
+  instance (``neox.training.pipeline_step.wrap_optimizer_step``), so the statistics are reduced after every
+  stage's last backward;
 - the skipped-step veto wraps the optimizer wrapper's ``step``, which ``_take_model_step`` calls
   (``neox/training/engine.py``);
 - the tensor-parallel layers mark parameters with ``model_parallel``, the attribute

@@ -28,6 +28,7 @@ from neox.training.engine import build_engine
 from neox.training.metrics import MetricsWriter
 from neox.training.signals import StopSignals, TrainingInterrupted
 from neox.training.mixing import Mixing, build_run_mixer, build_statistics
+from neox.training.pipeline_step import PipelineStep, loss_scale, pipeline_items
 from neox.training.stats import ReducedStats
 
 
@@ -96,7 +97,6 @@ class Trainer:
             self.target_corpus = open_domains(data.path, split=cfg.mixing.target_split, domains=self.target_only,
                                               **opened)
         self.domain_loss = None  # the pipeline's loss_fn (last stage), pipe > 1 only
-        self._reduced: ReducedStats | None = None  # set by the pipeline's optimizer-step hook
         model = self._build_model()
         self.engine, self.optimizer, self.scheduler = build_engine(
             cfg, model, dp_size, self.device, mpu=self.topology.mpu if self.topology.pipe == 1 else None)
@@ -105,8 +105,10 @@ class Trainer:
         statistics = build_statistics(cfg, mixer.needs, self.engine.module, self.num_stat_domains, self.device)
         self.mixing = Mixing(cfg, mixer, statistics, self.engine.module, self.topology, self.domains,
                              self.val_domains, self.device)
+        self.pipeline_step = None  # pipe > 1: the step through engine.train_batch
         if self.topology.pipe > 1:
-            self._install_pipeline_hooks()
+            self.pipeline_step = PipelineStep(self.engine, self.mixing, self.topology, self.optimizer,
+                                              self.domain_loss, self.device)
         if cfg.model.compile:  # after the probes' hooks exist: the modules carrying them stay eager
             compile_layers(self.engine.module)
 
@@ -142,7 +144,8 @@ class Trainer:
         if topo.pipe > 1:
             from neox.model.pipeline import DomainLoss, build_pipeline_module, load_hf_state_dict
 
-            self.domain_loss = DomainLoss(self.num_domains, on_token_loss=self._on_pipeline_token_loss)
+            # vocab-parallel under tensor parallelism; its statistics hook is connected by PipelineStep
+            self.domain_loss = DomainLoss(self.num_domains, token_loss=self._token_loss)
             module = build_pipeline_module(
                 cfg.model, topology=topo.ds_topology(), loss_fn=self.domain_loss, seed=cfg.seed,
                 partition_method=cfg.parallel.partition_method,
@@ -154,43 +157,8 @@ class Trainer:
                 from neox.model.tensor_parallel import shard_layers_in_place
 
                 shard_layers_in_place(module, cfg.model, topo.tensor_group)
-                self.domain_loss.token_loss = self._token_loss
             return module
         return model
-
-    def _install_pipeline_hooks(self) -> None:
-        """Under ``engine.train_batch`` forward, backward and the optimizer step happen in one call. Two hooks
-        keep the step's math the same as without a pipeline: the stage module tells the probes the domain
-        ids before each micro-batch's forward, and the job's statistics are all-reduced (and a non-finite
-        step vetoed) right before the optimizer step, after the last backward of every stage."""
-        from deepspeed.runtime.pipe import schedule
-
-        engine = self.engine
-        self.engine.module.micro_batch_hook = self._on_pipeline_micro_batch
-        # DeepSpeed 0.19.8's PipelineEngine runs each schedule instruction through self._INSTRUCTION_MAP;
-        # an instance-level map wraps the optimizer step without subclassing the engine.
-        # tests/test_parallel_training.py fails if this stops being called.
-        instructions = dict(type(engine)._INSTRUCTION_MAP)
-        optimizer_step = instructions[schedule.OptimizerStep]
-
-        def reduce_then_step(eng, **kwargs):
-            self._reduced = self.mixing.reduce(self.topology.world_group)
-            self.optimizer.skip_next = self._reduced.nonfinite
-            return optimizer_step(eng, **kwargs)
-
-        instructions[schedule.OptimizerStep] = reduce_then_step
-        engine._INSTRUCTION_MAP = instructions
-
-    def _on_pipeline_micro_batch(self, domain_B: torch.Tensor, seq_len_tokens: int) -> None:
-        grad_accum = self.engine.gradient_accumulation_steps()
-        self.mixing.statistics.begin_micro_batch(domain_B, seq_len_tokens, grad_scale=domain_B.shape[0]
-                                                 * seq_len_tokens * grad_accum / self._loss_scale())
-
-    def _on_pipeline_token_loss(self, token_loss_BT: torch.Tensor, domain_B: torch.Tensor,
-                                labels_BT: torch.Tensor) -> None:
-        # Evaluation reads DomainLoss.totals() instead; tensor-parallel ranks hold the same losses.
-        if self.engine.module.training and self.topology.counts_losses:
-            self.mixing.statistics.add_losses(token_loss_BT, domain_B, None, labels_BT)
 
     def _prepare_run_dir(self) -> None:
         """Pick the checkpoint to resume (rank 0 decides: the newest verified one), load it, and only then
@@ -320,7 +288,7 @@ class Trainer:
         grad_accum = len(micro_batches)
         stats.reset()
         if self.topology.pipe > 1:
-            reduced = self._train_step_pipeline(micro_batches)
+            reduced = self.pipeline_step.run(micro_batches)
         else:
             reduced = None
             if self.target_corpus is not None:
@@ -331,7 +299,7 @@ class Trainer:
                 # makes it the gradient of the SUM of per-token losses, which the statistics are kept in.
                 # The host's domain ids: the probes sort tokens by domain there, without a device sync.
                 stats.begin_micro_batch(domain_host_B, labels_BS.shape[1], grad_scale=labels_BS.numel()
-                                        * grad_accum / self._loss_scale())
+                                        * grad_accum / loss_scale(self.engine))
                 token_loss_BS = self._token_loss(engine(inputs_BS), labels_BS)
                 if self.topology.counts_losses:  # tensor-parallel ranks hold the same losses: count them once
                     stats.add_losses(token_loss_BS.detach(), domain_B, inputs_BS, labels_BS)
@@ -380,28 +348,6 @@ class Trainer:
             stats.add_losses(token_loss_BS.detach(), domain_B, inputs_BS, labels_BS)
         torch.autograd.grad(token_loss_BS.float().sum(), stats.alignment.probe_weights())
 
-    def _train_step_pipeline(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> ReducedStats:
-        """One ``engine.train_batch``: the first stage reads the inputs, the last the labels; the domain ids
-        travel with both. The statistics are reduced inside, right before the optimizer step."""
-        self._reduced = None
-        self.engine.train_batch(iter(self._pipeline_items(micro_batches)))
-        if self._reduced is None:
-            raise RuntimeError("the pipeline engine finished train_batch without its optimizer-step hook; "
-                               "the DeepSpeed version changed how PipelineEngine runs its schedule")
-        return self._reduced
-
-    def _pipeline_items(self, micro_batches):
-        items = []
-        for tokens_BS1, domain_B in micro_batches:
-            tokens_BS1, domain_B = tokens_BS1.to(self.device), domain_B.to(self.device)
-            items.append(((tokens_BS1[:, :-1], domain_B), (tokens_BS1[:, 1:], domain_B)))
-        return items
-
-    def _loss_scale(self) -> float:
-        if self.engine.fp16_enabled():
-            return float(self.engine.optimizer.cur_scale)
-        return 1.0
-
     def _step_record(self, stats: ReducedStats, weights: np.ndarray, lr: float, tokens_per_s: float) -> dict[str, Any]:
         K = self.num_domains  # the target probe's losses (after K) are not training losses
         record: dict[str, Any] = {"kind": "train", "step": self.step, "tokens": self.tokens,
@@ -428,7 +374,7 @@ class Trainer:
         batches = self.val.batches(dp_rank=topo.dp_rank, dp_size=topo.dp_size)
         # The probe hooks ignore forwards without gradients, so evaluation needs no special handling.
         if topo.pipe > 1:
-            items = self._pipeline_items(list(batches))
+            items = pipeline_items(list(batches), self.device)
             self.domain_loss.reset()
             self.engine.eval_batch(iter(items), num_micro_batches=len(items), bcast_loss=False)
             if topo.counts_losses:
