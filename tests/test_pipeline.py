@@ -21,7 +21,7 @@ from distributed import run_distributed
 from acodm.alignment import AlignmentConfig, GradientAlignment
 from neox.model.config import ModelConfig
 from neox.model.gpt_neox import GPTNeoX, build_model, per_token_loss
-from neox.model.pipeline import (
+from neox.model.pipeline_checkpoint import (
     hf_to_pipeline_layer_state,
     pipeline_to_hf_state_dict,
     read_layer_checkpoints,
@@ -70,12 +70,9 @@ def _pipeline_worker(rank: int, world_size: int, hf_state, steps, checkpoint_int
     import deepspeed
     import torch.distributed as dist
 
-    from neox.model.pipeline import (
-        build_pipeline_module,
-        load_hf_state_dict,
-        PipelineAlignment,
-        stage_probe_names,
-    )
+    from neox.model.pipeline import build_pipeline_module
+    from neox.model.pipeline_checkpoint import load_hf_state_dict
+    from neox.training.pipeline_alignment import PipelineAlignment, stage_probe_names
 
     deepspeed.init_distributed(dist_backend="gloo")
     module = build_pipeline_module(CFG, num_stages=2, num_domains=NUM_DOMAINS, partition_method="uniform", seed=0,

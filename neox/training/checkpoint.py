@@ -172,7 +172,7 @@ def full_state_dict(trainer: "Trainer", deepspeed_dir: Path) -> dict[str, torch.
     filesystem every node sees, as DeepSpeed's own checkpoints are)."""
     topo, module, cfg = trainer.topology, trainer.engine.module, trainer.cfg.model
     if topo.pipe > 1:
-        from neox.model.pipeline import pipeline_to_hf_state_dict, read_layer_checkpoints
+        from neox.model.pipeline_checkpoint import pipeline_to_hf_state_dict, read_layer_checkpoints
 
         _barrier()  # every stage's (and tensor shard's) layer files are on disk
         if not topo.is_main:

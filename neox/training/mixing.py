@@ -71,7 +71,7 @@ def build_statistics(cfg: ExperimentConfig, needs: MixerNeeds, model: torch.nn.M
 
         align_cfg = cfg.mixing.alignment.build()
         if cfg.parallel.pipe > 1:
-            from neox.model.pipeline import PipelineAlignment
+            from neox.training.pipeline_alignment import PipelineAlignment
 
             alignment = PipelineAlignment(model, cfg.model, num_domains, align_cfg, device=device)
         else:
@@ -177,7 +177,7 @@ class Mixing:
         if not topo.is_model_parallel:
             return probe_weight_norms(module, self._state_probes).double().cpu().numpy()
         if topo.pipe > 1:
-            from neox.model.pipeline import hf_named_view
+            from neox.model.pipeline_checkpoint import hf_named_view
 
             module = hf_named_view(module, self.cfg.model.num_layers)
         local = {n for n, _ in module.named_modules()}

@@ -16,7 +16,7 @@ import torch
 from neox.training.stats import ReducedStats
 
 if TYPE_CHECKING:
-    from neox.model.pipeline import DomainLoss
+    from neox.model.domain_loss import DomainLoss
     from neox.parallel.topology import Topology
     from neox.training.engine import SkippableAdamW
     from neox.training.mixing import Mixing

@@ -142,7 +142,9 @@ class Trainer:
 
             return shard_gpt_neox(model, topo.tensor_group)
         if topo.pipe > 1:
-            from neox.model.pipeline import DomainLoss, build_pipeline_module, load_hf_state_dict
+            from neox.model.domain_loss import DomainLoss
+            from neox.model.pipeline import build_pipeline_module
+            from neox.model.pipeline_checkpoint import load_hf_state_dict
 
             # vocab-parallel under tensor parallelism; its statistics hook is connected by PipelineStep
             self.domain_loss = DomainLoss(self.num_domains, token_loss=self._token_loss)
