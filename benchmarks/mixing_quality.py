@@ -97,21 +97,19 @@ def method_overrides(method: str, variant_dir: Path, run_of) -> list[str] | None
     raise SystemExit(f"error: unknown method {method!r}; use {', '.join(DEFAULT_METHODS)} or acodm:LABEL")
 
 
-def read_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def eval_records(run_dir: Path) -> list[dict]:
+    """The run's evaluation records, one per step (the trainer's reader); none for a run not started."""
+    from neox.training.metrics import read_run
+
+    return read_run(run_dir).evals if (run_dir / "metrics.jsonl").exists() else []
 
 
-def target_curve(records: list[dict], targets: list[str]) -> list[tuple[int, float, float]]:
+def target_curve(evals: list[dict], targets: list[str]) -> list[tuple[int, float, float]]:
     """(step, mean target val loss, mean target val ppl) of every evaluation."""
     out = []
-    for r in records:
-        if r.get("kind") == "eval":
-            losses = np.array([r[f"val_loss/{d}"] for d in targets])
-            out.append((int(r["step"]), float(losses.mean()), float(np.exp(losses).mean())))
+    for r in evals:
+        losses = np.array([r[f"val_loss/{d}"] for d in targets])
+        out.append((int(r["step"]), float(losses.mean()), float(np.exp(losses).mean())))
     return out
 
 
@@ -138,7 +136,7 @@ class Study:
 
     def finished(self, run_dir: Path, config: str | None = None, overrides: list[str] | None = None) -> bool:
         """The run reached the last evaluation (and, given the command's config, was run with it)."""
-        evals = [r for r in read_records(run_dir) if r.get("kind") == "eval"]
+        evals = eval_records(run_dir)
         if not (evals and evals[-1]["step"] == self.args.steps):
             return False
         if config is None:
@@ -210,7 +208,7 @@ class Study:
             if not self.finished(run_dir):
                 continue  # not defined for this variant (oracle)
             info = json.loads((self.bench / v / "variant.json").read_text())
-            curve = target_curve(read_records(run_dir), info["target_domains"])
+            curve = target_curve(eval_records(run_dir), info["target_domains"])
             method, label = (m.split(":", 1) + ["default"])[:2] if ":" in m else (m, "default" if m == "acodm" else "")
             out.append({"variant": v, "method": method, "label": label, "seed": s, "steps": a.steps,
                         "target_loss": curve[-1][1], "target_ppl": curve[-1][2],

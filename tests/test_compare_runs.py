@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from neox.analysis import (RunMismatchError, RunReadError, compare_runs, plot_run, read_run,
-                           summarize_run)
+from neox.reports import RunMismatchError, compare_runs, plot_run, summarize_run
+from neox.training.metrics import RunReadError, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ["arxiv", "github", "wiki"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from neox.analysis import read_run
+from neox.training.metrics import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",

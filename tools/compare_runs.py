@@ -10,7 +10,8 @@ import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().par
 
 import argparse
 
-from neox.analysis import RunMismatchError, RunReadError, compare_runs
+from neox.reports import RunMismatchError, compare_runs
+from neox.training.metrics import RunReadError
 
 
 def main(argv: list[str] | None = None) -> int:

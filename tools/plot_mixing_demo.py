@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.mixing_quality import read_records, target_curve  # noqa: E402
+from benchmarks.mixing_quality import target_curve  # noqa: E402
+from neox.training.metrics import read_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     info = json.loads(info_path.read_text())
     targets = info["target_domains"]
-    records = {m: read_records(r) for m, r in runs.items()}
-    curves = {m: target_curve(recs, targets) for m, recs in records.items()}
+    records = {m: read_run(r) for m, r in runs.items()}
+    curves = {m: target_curve(rec.evals, targets) for m, rec in records.items()}
 
     import matplotlib
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ax_ppl.set(xlabel="step", ylabel="mean val ppl of the clean (target) domains", yscale="log",
                title="noisy variant: 8 clean + 8 junk domains")
     ax_ppl.legend()
-    train = [r for r in records["acodm"] if r.get("kind") == "train"]
+    train = records["acodm"].train
     steps = [r["step"] for r in train]
     domains = [k.split("/", 1)[1] for k in train[0] if k.startswith("weights/")]
     junk = [d for d in domains if d not in targets]

@@ -8,7 +8,8 @@ import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().par
 
 import argparse
 
-from neox.analysis import RunReadError, plot_run, summarize_run
+from neox.reports import plot_run, summarize_run
+from neox.training.metrics import RunReadError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,6 @@
-"""Reading finished (or running) runs and comparing them: metrics.jsonl -> tables and PNG plots.
-
-A run directory holds `metrics.jsonl` (one JSON object a line, written by the trainer): a `run` header
-naming the domains and the hashes of the data, tokenizer and validation set, then `train`, `eval` and
-optionally `lm_eval` records keyed by `step`. A resumed run may log a step again; the later record
-wins, and it also drops the records of that kind logged after it by the interrupted attempt (they
-describe a trajectory the resumed run did not follow).
+"""Comparing runs: metrics.jsonl (read by ``neox.training.metrics.read_run``) -> tables and PNG plots.
 
 Public API:
-    read_run(run_dir, name=None) -> RunMetrics
     check_comparable(runs)                       raises RunMismatchError naming the field and the runs
     time_to_target(runs) -> list[dict]
     compare_runs(run_dirs, out_dir, names=None) -> dict    (writes PNGs, summary.md, summary.json)
@@ -20,13 +13,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from neox.files import atomic_path, atomic_write_text
-
-METRICS_FILE = "metrics.jsonl"
+from neox.training.metrics import RunMetrics, _num, read_run
 
 # Header fields that must agree before two runs' validation perplexities mean the same thing:
 # field -> what it identifies (used in the refusal message).
@@ -39,137 +30,8 @@ COMPARABILITY_FIELDS: dict[str, str] = {
 }
 
 
-class RunReadError(ValueError):
-    """A run directory that cannot be read: the message names the directory and what is missing."""
-
-
 class RunMismatchError(ValueError):
     """Runs that cannot be compared: the message names the differing field and the runs on each side."""
-
-
-@dataclass
-class RunMetrics:
-    """The records of one run, deduplicated and sorted by step."""
-
-    run_dir: Path
-    name: str
-    header: dict[str, Any]
-    train: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    lm_evals: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def domains(self) -> list[str]:
-        domains = self.header.get("domains")
-        if domains:
-            return list(domains)
-        # No header domains (an old or hand-written file): fall back to the eval keys, in order seen.
-        seen: dict[str, None] = {}
-        for rec in self.evals:
-            for key in rec:
-                if key.startswith("val_ppl/") and key not in ("val_ppl/mean", "val_ppl/weighted"):
-                    seen[key.split("/", 1)[1]] = None
-        return list(seen)
-
-    def eval_series(self, key: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of one eval metric, skipping records that lack it."""
-        return _series(self.evals, key)
-
-    def train_series(self, key: str) -> tuple[list[int], list[float]]:
-        return _series(self.train, key)
-
-    def mean_val_ppl(self, rec: dict[str, Any]) -> float:
-        """The record's unweighted mean of per-domain perplexity (recomputed if the key is missing)."""
-        if "val_ppl/mean" in rec:
-            return _num(rec["val_ppl/mean"])
-        values = [_num(rec[f"val_ppl/{d}"]) for d in self.domains if f"val_ppl/{d}" in rec]
-        if not values:
-            raise RunReadError(
-                f"{self.run_dir}: eval record at step {rec.get('step')} has neither val_ppl/mean nor "
-                f"per-domain val_ppl/<domain> values")
-        return sum(values) / len(values)
-
-    def mean_val_ppl_series(self) -> tuple[list[int], list[float]]:
-        steps, values = [], []
-        for rec in self.evals:
-            if "val_ppl/mean" in rec or any(k.startswith("val_ppl/") for k in rec):
-                steps.append(int(rec["step"]))
-                values.append(self.mean_val_ppl(rec))
-        return steps, values
-
-    @property
-    def final_eval(self) -> dict[str, Any]:
-        if not self.evals:
-            raise RunReadError(
-                f"{self.run_dir}/{METRICS_FILE} has no eval records (kind 'eval'); the run has not reached "
-                f"its first validation yet, or validation is disabled (eval.interval_steps)")
-        return self.evals[-1]
-
-
-def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    steps = [int(r["step"]) for r in records if key in r]
-    values = [_num(r[key]) for r in records if key in r]
-    return steps, values
-
-
-def _num(value: Any) -> float:
-    # The trainer writes a NaN metric as null (JSON has no NaN); plots show it as a gap.
-    return math.nan if value is None else float(value)
-
-
-def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records of one kind in file order -> one record per step, later record wins.
-
-    A step logged again means the run resumed from an earlier checkpoint: what the interrupted attempt
-    logged at or after that step is superseded, so it is dropped (not merely the identical steps).
-    """
-    kept: list[dict[str, Any]] = []
-    for rec in records:
-        step = int(rec["step"])
-        while kept and int(kept[-1]["step"]) >= step:
-            kept.pop()
-        kept.append(rec)
-    return kept
-
-
-def read_run(run_dir: str | os.PathLike[str], name: str | None = None) -> RunMetrics:
-    """Read RUN_DIR/metrics.jsonl. Raises RunReadError for a missing or unreadable file."""
-    run_dir = Path(run_dir)
-    path = run_dir / METRICS_FILE
-    if not run_dir.is_dir():
-        raise RunReadError(f"run directory {run_dir} does not exist")
-    if not path.is_file():
-        raise RunReadError(
-            f"{run_dir} has no {METRICS_FILE}; pass a run directory written by train.py "
-            f"(the one that holds config.yml and checkpoints/)")
-    header: dict[str, Any] = {}
-    by_kind: dict[str, list[dict[str, Any]]] = {"train": [], "eval": [], "lm_eval": []}
-    lines = path.read_text().splitlines()
-    last_line_no = max((i for i, line in enumerate(lines, 1) if line.strip()), default=0)
-    for line_no, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            # The trainer may be killed mid-write: a torn last line is expected, anything else is not.
-            if line_no == last_line_no:
-                break
-            raise RunReadError(f"{path}:{line_no} is not valid JSON ({e})") from None
-        kind = rec.get("kind")
-        if kind == "run":
-            # A resumed run writes its header again; the latest one describes the run as it is.
-            header.update(rec)
-        elif kind in by_kind:
-            if "step" not in rec:
-                raise RunReadError(f"{path}:{line_no}: a '{kind}' record without 'step'")
-            by_kind[kind].append(rec)
-        # Unknown kinds are skipped: the trainer may add record kinds this reader does not plot.
-    run_name = name or header.get("run_name") or run_dir.resolve().name
-    return RunMetrics(
-        run_dir=run_dir, name=str(run_name), header=header,
-        train=_dedupe(by_kind["train"]), evals=_dedupe(by_kind["eval"]), lm_evals=_dedupe(by_kind["lm_eval"]))
 
 
 def check_comparable(runs: Sequence[RunMetrics]) -> None:
