@@ -99,9 +99,9 @@ def method_overrides(method: str, variant_dir: Path, run_of) -> list[str] | None
 
 def eval_records(run_dir: Path) -> list[dict]:
     """The run's evaluation records, one per step (the trainer's reader); none for a run not started."""
-    from neox.training.metrics import read_run
+    from neox.training.metrics import METRICS_FILE, read_run
 
-    return read_run(run_dir).evals if (run_dir / "metrics.jsonl").exists() else []
+    return read_run(run_dir).evals if (run_dir / METRICS_FILE).exists() else []
 
 
 def target_curve(evals: list[dict], targets: list[str]) -> list[tuple[int, float, float]]:

@@ -25,7 +25,7 @@ from neox.training.callbacks import (Callback, CallbackStates, CheckpointCallbac
                                      MixingCallback)
 from neox.training.distributed import init_distributed
 from neox.training.engine import build_engine
-from neox.training.metrics import MetricsWriter
+from neox.training.metrics import METRICS_FILE, MetricsWriter
 from neox.training.signals import StopSignals, TrainingInterrupted
 from neox.training.mixing import Mixing, build_run_mixer, build_statistics
 from neox.training.pipeline_step import PipelineStep, loss_scale, pipeline_items
@@ -173,7 +173,7 @@ class Trainer:
                 self.console(f"removed incomplete checkpoint {partial} (the run stopped while writing it)")
             try:
                 choice[0] = ckpt_io.find_resume_checkpoint(cfg, self.run_dir, log=self.console)
-                over = choice[0] is None and (self.run_dir / "metrics.jsonl").exists()
+                over = choice[0] is None and (self.run_dir / METRICS_FILE).exists()
                 if over and cfg.checkpoint.resume != "auto":
                     raise FileExistsError(
                         f"run directory {self.run_dir} already holds metrics.jsonl; resume it with "
